@@ -1,0 +1,73 @@
+/* Internal interface shared by the C files of cxone.core (not installed). */
+#ifndef CXONE_H
+#define CXONE_H
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include "compat.h"
+
+#define CXONE_VERSION "0.1.0"
+#define CXONE_EXPORT __attribute__((visibility("default")))
+
+/* Each file registers its functions into the module table at the top of the stack. */
+void cxone_util_open(lua_State *L);
+void cxone_validate_open(lua_State *L);
+void cxone_drift_open(lua_State *L);
+void cxone_audit_open(lua_State *L);
+void cxone_client_open(lua_State *L);
+
+/* The one failure convention: pushes nil, message, code and returns 3.
+ * The message is formatted with vsnprintf (no Lua error can escape), so it is safe to call
+ * with resources still held; it must never be given a secret to format. */
+int cxone_fail(lua_State *L, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Growable byte buffer, independent of Lua so that libcurl callbacks and code holding
+ * resources can use it without risking a longjmp. On allocation failure `oom` is set,
+ * later appends are ignored, and the caller reports it once. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;
+} cxone_buf;
+
+void cxone_buf_init(cxone_buf *b);
+void cxone_buf_free(cxone_buf *b);
+void cxone_buf_add(cxone_buf *b, const void *s, size_t n);
+void cxone_buf_addstr(cxone_buf *b, const char *s);
+void cxone_buf_addc(cxone_buf *b, char c);
+void cxone_buf_addf(cxone_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Ensures a NUL after the content (not counted in len); returns 0, or -1 on oom. */
+int cxone_buf_cstr(cxone_buf *b);
+
+/* JSON (plugin/json.c). null is a NULL light userdata, as with lua-cjson. */
+#define CXONE_JSON_MAX_DEPTH 64
+/* Appends a JSON string literal for s[0..n) (escapes control characters, quote, backslash). */
+void cxone_json_quote(cxone_buf *out, const char *s, size_t n);
+/* Encodes the value at idx. Returns 0, or -1 with a message in err (cycle or depth, a
+ * function/userdata value, NaN or infinity, a non-string key). Never raises except on
+ * Lua memory errors. An empty table encodes as [] unless its metatable has
+ * __jsontype = "object". */
+int cxone_json_encode(lua_State *L, int idx, cxone_buf *out, char *err, size_t errlen);
+/* Decodes s[0..n) and pushes the value (returns 1), or pushes nothing and returns 0 with a
+ * message in err (it never contains the input). */
+int cxone_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
+
+/* SHA-256 and HMAC-SHA-256 through OpenSSL's libcrypto, as lowercase hex (65 bytes with NUL).
+ * Return 0, or -1 if libcrypto failed. */
+int cxone_sha256_hex(const void *data, size_t n, char out[65]);
+int cxone_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t n, char out[65]);
+
+/* Checks that s[0..n) is well-formed UTF-8 (no overlongs, no surrogates); 1 if valid. */
+int cxone_utf8_valid(const unsigned char *s, size_t n);
+
+/* Reads an optional field of the options table at idx, raising an argument error naming
+ * the field when it has the wrong type. */
+lua_Integer cxone_opt_integer(lua_State *L, int idx, const char *field, lua_Integer def);
+lua_Number cxone_opt_number(lua_State *L, int idx, const char *field, lua_Number def);
+int cxone_opt_boolean(lua_State *L, int idx, const char *field, int def);
+/* Returns the string (valid while the options table holds it) or def. */
+const char *cxone_opt_string(lua_State *L, int idx, const char *field, const char *def, size_t *len);
+
+#endif

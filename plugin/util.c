@@ -1,0 +1,291 @@
+/* Shared mechanism: the failure helper, byte buffers, UTF-8, hashing, option readers. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+
+#include "cxone.h"
+
+int cxone_fail(lua_State *L, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    luaL_pushfail(L);
+    lua_pushstring(L, msg);
+    lua_pushstring(L, code);
+    return 3;
+}
+
+/* ---- buffers ---- */
+
+void cxone_buf_init(cxone_buf *b)
+{
+    b->p = NULL;
+    b->len = b->cap = 0;
+    b->oom = 0;
+}
+
+void cxone_buf_free(cxone_buf *b)
+{
+    free(b->p);
+    cxone_buf_init(b);
+}
+
+static int buf_reserve(cxone_buf *b, size_t extra)
+{
+    if (b->oom) return -1;
+    if (extra > SIZE_MAX - b->len - 1) { b->oom = 1; return -1; }
+    size_t need = b->len + extra + 1;
+    if (need <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+    char *p = realloc(b->p, cap);
+    if (!p) { b->oom = 1; return -1; }
+    b->p = p;
+    b->cap = cap;
+    return 0;
+}
+
+void cxone_buf_add(cxone_buf *b, const void *s, size_t n)
+{
+    if (n == 0 || buf_reserve(b, n) != 0) return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+}
+
+void cxone_buf_addstr(cxone_buf *b, const char *s) { cxone_buf_add(b, s, strlen(s)); }
+
+void cxone_buf_addc(cxone_buf *b, char c)
+{
+    if (buf_reserve(b, 1) != 0) return;
+    b->p[b->len++] = c;
+}
+
+void cxone_buf_addf(cxone_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) { b->oom = 1; return; }
+    if (buf_reserve(b, (size_t)n) != 0) return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+int cxone_buf_cstr(cxone_buf *b)
+{
+    if (buf_reserve(b, 0) != 0) return -1;
+    b->p[b->len] = '\0';
+    return 0;
+}
+
+/* ---- UTF-8 ---- */
+
+int cxone_utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned char c = s[i];
+        if (c < 0x80) { i++; continue; }
+        size_t need;
+        unsigned int cp;
+        if (c >= 0xC2 && c <= 0xDF) { need = 1; cp = c & 0x1F; }
+        else if (c >= 0xE0 && c <= 0xEF) { need = 2; cp = c & 0x0F; }
+        else if (c >= 0xF0 && c <= 0xF4) { need = 3; cp = c & 0x07; }
+        else return 0;
+        if (n - i <= need) return 0;
+        for (size_t k = 1; k <= need; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if ((need == 2 && cp < 0x800) || (need == 3 && (cp < 0x10000 || cp > 0x10FFFF))
+            || (cp >= 0xD800 && cp <= 0xDFFF))
+            return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+/* ---- hashing (libcrypto) ---- */
+
+static void to_hex(const unsigned char *d, unsigned int n, char *out)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (unsigned int i = 0; i < n; i++) {
+        out[2 * i] = hex[d[i] >> 4];
+        out[2 * i + 1] = hex[d[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+int cxone_sha256_hex(const void *data, size_t n, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (!EVP_Digest(data, n, md, &mdlen, EVP_sha256(), NULL) || mdlen != 32) return -1;
+    to_hex(md, mdlen, out);
+    return 0;
+}
+
+int cxone_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size_t n, char out[65])
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    if (keylen > INT32_MAX) return -1;
+    if (!HMAC(EVP_sha256(), key, (int)keylen, data, n, md, &mdlen) || mdlen != 32) return -1;
+    to_hex(md, mdlen, out);
+    return 0;
+}
+
+/* ---- option readers ---- */
+
+static int opt_field(lua_State *L, int idx, const char *field, int type, const char *tname)
+{
+    if (lua_isnoneornil(L, idx)) return 0;
+    lua_getfield(L, idx, field);
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
+    if (lua_type(L, -1) != type) {
+        const char *msg = lua_pushfstring(L, "option '%s' must be %s, got %s", field, tname,
+                                          luaL_typename(L, -2));
+        luaL_argerror(L, idx, msg);
+    }
+    return 1;
+}
+
+lua_Integer cxone_opt_integer(lua_State *L, int idx, const char *field, lua_Integer def)
+{
+    if (!opt_field(L, idx, field, LUA_TNUMBER, "an integer")) return def;
+    if (!lua_isinteger(L, -1)) {
+        const char *msg = lua_pushfstring(L, "option '%s' must be an integer", field);
+        luaL_argerror(L, idx, msg);
+    }
+    lua_Integer v = lua_tointeger(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+lua_Number cxone_opt_number(lua_State *L, int idx, const char *field, lua_Number def)
+{
+    if (!opt_field(L, idx, field, LUA_TNUMBER, "a number")) return def;
+    lua_Number v = lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+int cxone_opt_boolean(lua_State *L, int idx, const char *field, int def)
+{
+    if (!opt_field(L, idx, field, LUA_TBOOLEAN, "a boolean")) return def;
+    int v = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return v;
+}
+
+const char *cxone_opt_string(lua_State *L, int idx, const char *field, const char *def, size_t *len)
+{
+    if (!opt_field(L, idx, field, LUA_TSTRING, "a string")) {
+        if (len) *len = def ? strlen(def) : 0;
+        return def;
+    }
+    const char *s = lua_tolstring(L, -1, len);
+    lua_pop(L, 1); /* still referenced by the options table */
+    return s;
+}
+
+/* ---- Lua-visible helpers ---- */
+
+/***
+ * SHA-256 of a string, as lowercase hex.
+ * @function sha256
+ * @tparam string data
+ * @treturn string 64 hex digits
+ */
+static int l_sha256(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char hex[65];
+    if (cxone_sha256_hex(s, n, hex) != 0) return luaL_error(L, "libcrypto: SHA-256 failed");
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+/***
+ * HMAC-SHA-256 of a string with a key, as lowercase hex (used to sign webhook bodies).
+ * @function hmac_sha256
+ * @tparam string key
+ * @tparam string data
+ * @treturn string 64 hex digits
+ */
+static int l_hmac_sha256(lua_State *L)
+{
+    size_t kn, n;
+    const char *k = luaL_checklstring(L, 1, &kn);
+    const char *s = luaL_checklstring(L, 2, &n);
+    char hex[65];
+    if (cxone_hmac_sha256_hex(k, kn, s, n, hex) != 0) return luaL_error(L, "libcrypto: HMAC failed");
+    lua_pushstring(L, hex);
+    return 1;
+}
+
+/***
+ * Encodes a Lua value as JSON (the encoder the client uses for request bodies).
+ * @function json_encode
+ * @param value
+ * @treturn[1] string
+ * @treturn[2] fail
+ */
+static int l_json_encode(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    cxone_buf b;
+    char err[160];
+    cxone_buf_init(&b);
+    if (cxone_json_encode(L, 1, &b, err, sizeof err) != 0) {
+        cxone_buf_free(&b);
+        return cxone_fail(L, "invalid", "%s", err);
+    }
+    if (b.oom) {
+        cxone_buf_free(&b);
+        return cxone_fail(L, "memory", "out of memory encoding JSON");
+    }
+    lua_pushlstring(L, b.p ? b.p : "", b.len);
+    cxone_buf_free(&b);
+    return 1;
+}
+
+/***
+ * Decodes JSON text (null becomes a NULL light userdata, as cjson's null).
+ * @function json_decode
+ * @tparam string text
+ * @return[1] value
+ * @treturn[2] fail
+ */
+static int l_json_decode(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    char err[160];
+    if (!cxone_json_decode(L, s, n, err, sizeof err)) return cxone_fail(L, "format", "%s", err);
+    return 1;
+}
+
+void cxone_util_open(lua_State *L)
+{
+    static const luaL_Reg fns[] = {
+        {"sha256", l_sha256},
+        {"hmac_sha256", l_hmac_sha256},
+        {"json_encode", l_json_encode},
+        {"json_decode", l_json_decode},
+        {NULL, NULL},
+    };
+    luaL_setfuncs(L, fns, 0);
+    lua_pushlightuserdata(L, NULL);
+    lua_setfield(L, -2, "null");
+}
