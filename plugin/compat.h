@@ -23,6 +23,8 @@ static inline int cxone_compat_isinteger(lua_State *L, int i)
 {
     if (lua_type(L, i) != LUA_TNUMBER) return 0;
     lua_Number n = lua_tonumber(L, i);
+    /* Range check first: converting an out-of-range double to an integer is undefined. */
+    if (!(n >= -9007199254740992.0 && n <= 9007199254740992.0)) return 0;
     return n == (lua_Number)(lua_Integer)n;
 }
 #endif

@@ -86,6 +86,26 @@ int cxone_buf_cstr(cxone_buf *b)
     return 0;
 }
 
+#define BUF_MT "cxone.Buffer"
+
+static int buf_gc(lua_State *L)
+{
+    cxone_buf_free(luaL_checkudata(L, 1, BUF_MT));
+    return 0;
+}
+
+cxone_buf *cxone_buf_push(lua_State *L)
+{
+    cxone_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
+    cxone_buf_init(b);
+    if (luaL_newmetatable(L, BUF_MT)) {
+        lua_pushcfunction(L, buf_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return b;
+}
+
 /* ---- UTF-8 ---- */
 
 int cxone_utf8_valid(const unsigned char *s, size_t n)

@@ -1,4 +1,573 @@
-/* validate: placeholder until written. */
+/* validate: checks an override payload against the Integration Engine's rules, reporting every violation. */
+#include <string.h>
+#include <pcre2.h>
+
 #include "cxone.h"
 
-void cxone_validate_open(lua_State *L) { (void)L; }
+#define VALIDATOR_MT "cxone.Validator"
+#define VIOLATIONS_MT "cxone.Violations"
+#define MAX_REPORTED 1000
+
+#define NAME_PATTERN "^[A-Z_][A-Z0-9_]*$"
+#define UUID_PATTERN "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+#define DEFAULT_FORBIDDEN ";|&$`\\'\""
+
+/* Upvalues of validate(): 1 validator userdata, then the interned key strings. */
+enum { UV_VALIDATOR = 1, UV_NAME, UV_VALUE, UV_MASKED, UV_DESCRIPTION,
+       UV_VARIABLES, UV_ENVIRONMENT_ID, UV_ACTION_ID, UV_COUNT };
+
+typedef struct {
+    pcre2_code *name_re, *uuid_re;
+    pcre2_match_data *md;
+    int jit; /* both patterns JIT-compiled */
+} validator;
+
+/* Byte classes for the single pass over a value. */
+enum { B_OK = 0, B_FORBIDDEN = 1, B_NUL = 2, B_HIGH = 4 };
+
+typedef struct {
+    lua_State *L;
+    int list;          /* stack index of the violations list */
+    int count;         /* violations recorded */
+    int truncated;
+} report;
+
+static void add_violation(report *r, const char *code, const char *path, const char *message)
+{
+    lua_State *L = r->L;
+    if (r->count >= MAX_REPORTED) { r->truncated = 1; return; }
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, path);
+    lua_setfield(L, -2, "path");
+    lua_pushstring(L, code);
+    lua_setfield(L, -2, "code");
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+    lua_rawseti(L, r->list, ++r->count);
+}
+
+/* Records a violation; the message is formatted by lua_pushvfstring (%s %d %f only). The
+ * arguments are evaluated before anything is pushed, so they may read the stack top. */
+static void VIOLATION(report *r, const char *code, const char *path, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    lua_pushvfstring(r->L, fmt, ap);
+    va_end(ap);
+    add_violation(r, code, path, lua_tostring(r->L, -1));
+    lua_pop(r->L, 1);
+}
+
+static int re_match(validator *v, pcre2_code *re, const char *s, size_t n)
+{
+    int rc = v->jit ? pcre2_jit_match(re, (PCRE2_SPTR)s, n, 0, 0, v->md, NULL)
+                    : pcre2_match(re, (PCRE2_SPTR)s, n, 0, 0, v->md, NULL);
+    return rc >= 0;
+}
+
+/* ---- name set: open addressing over (pointer, length) of strings the payload holds ---- */
+
+typedef struct {
+    const char *s;
+    size_t n;
+    int index; /* 1-based entry index that introduced it */
+} slot;
+
+typedef struct {
+    slot *slots;
+    size_t mask, used;
+} nameset;
+
+static uint64_t hash_bytes(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ULL;
+    return h;
+}
+
+/* Returns the index already holding s, or 0 after inserting it. */
+static int nameset_add(nameset *set, const char *s, size_t n, int index)
+{
+    size_t i = (size_t)hash_bytes(s, n) & set->mask;
+    while (set->slots[i].s) {
+        if (set->slots[i].n == n && memcmp(set->slots[i].s, s, n) == 0) return set->slots[i].index;
+        i = (i + 1) & set->mask;
+    }
+    set->slots[i].s = s;
+    set->slots[i].n = n;
+    set->slots[i].index = index;
+    set->used++;
+    return 0;
+}
+
+/* Sizes the set for `want` names: on the C stack when small, else in a userdata left on the
+ * Lua stack for the rest of the call (GC-owned, so an error raised later cannot leak it). */
+static void nameset_init(lua_State *L, nameset *set, slot *stackslots, size_t nstack, size_t want)
+{
+    size_t cap = 16;
+    while (cap < want * 2) cap *= 2;
+    if (cap <= nstack) {
+        set->slots = stackslots;
+    } else {
+        set->slots = lua_newuserdatauv(L, cap * sizeof(slot), 0);
+    }
+    memset(set->slots, 0, cap * sizeof(slot));
+    set->mask = cap - 1;
+    set->used = 0;
+}
+
+/* ---- options ---- */
+
+typedef struct {
+    lua_Integer max_variables, max_value_length, max_name_length, min_secret_length;
+    unsigned char bytes[256];  /* byte classes for values */
+    int environments;          /* stack index of the environments list, or 0 for the default */
+    int existing;              /* stack index of the existing-names list, or 0 */
+    char forbidden[64];        /* printable list for messages */
+} options;
+
+static const char *const DEFAULT_ENVS[] = {"dev", "staging", "prod", NULL};
+
+static void read_options(lua_State *L, int idx, options *o)
+{
+    size_t flen;
+    const char *forbidden;
+    o->max_variables = cxone_opt_integer(L, idx, "max_variables", 50);
+    o->max_value_length = cxone_opt_integer(L, idx, "max_value_length", 1024);
+    o->max_name_length = cxone_opt_integer(L, idx, "max_name_length", 128);
+    o->min_secret_length = cxone_opt_integer(L, idx, "min_secret_length", 8);
+    forbidden = cxone_opt_string(L, idx, "forbidden", DEFAULT_FORBIDDEN, &flen);
+    luaL_argcheck(L, o->max_variables >= 0 && o->max_value_length >= 0 && o->max_name_length > 0
+                  && o->min_secret_length >= 0, idx, "limits must not be negative");
+    luaL_argcheck(L, flen < 32, idx, "option 'forbidden' holds at most 31 characters");
+
+    memset(o->bytes, B_OK, sizeof o->bytes);
+    for (int c = 0x80; c < 256; c++) o->bytes[c] = B_HIGH;
+    o->bytes[0] = B_NUL;
+    size_t k = 0;
+    for (size_t i = 0; i < flen; i++) {
+        unsigned char c = (unsigned char)forbidden[i];
+        o->bytes[c] |= B_FORBIDDEN;
+        o->forbidden[k++] = (char)c;
+        o->forbidden[k++] = ' ';
+    }
+    o->forbidden[k ? k - 1 : 0] = '\0';
+
+    o->environments = o->existing = 0;
+    if (!lua_isnoneornil(L, idx)) {
+        lua_getfield(L, idx, "environments");
+        if (!lua_isnil(L, -1)) {
+            luaL_argcheck(L, lua_istable(L, -1), idx, "option 'environments' must be a list of strings");
+            o->environments = lua_gettop(L);
+        } else {
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, idx, "existing");
+        if (!lua_isnil(L, -1)) {
+            luaL_argcheck(L, lua_istable(L, -1), idx, "option 'existing' must be a list of names");
+            o->existing = lua_gettop(L);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+}
+
+static int environment_known(lua_State *L, const options *o, const char *s, size_t n)
+{
+    if (!o->environments) {
+        for (int i = 0; DEFAULT_ENVS[i]; i++)
+            if (strlen(DEFAULT_ENVS[i]) == n && memcmp(DEFAULT_ENVS[i], s, n) == 0) return 1;
+        return 0;
+    }
+    lua_Integer len = (lua_Integer)lua_rawlen(L, o->environments);
+    for (lua_Integer i = 1; i <= len; i++) {
+        lua_rawgeti(L, o->environments, i);
+        size_t en;
+        const char *e = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &en) : NULL;
+        int hit = e && en == n && memcmp(e, s, n) == 0;
+        lua_pop(L, 1);
+        if (hit) return 1;
+    }
+    return 0;
+}
+
+static void push_environment_list(lua_State *L, const options *o)
+{
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    if (!o->environments) {
+        luaL_addstring(&b, "dev, staging, prod");
+    } else {
+        lua_Integer len = (lua_Integer)lua_rawlen(L, o->environments);
+        for (lua_Integer i = 1; i <= len && i <= 16; i++) {
+            if (i > 1) luaL_addstring(&b, ", ");
+            lua_rawgeti(L, o->environments, i);
+            if (lua_type(L, -1) == LUA_TSTRING) luaL_addvalue(&b); /* pops it */
+            else lua_pop(L, 1);
+        }
+    }
+    luaL_pushresult(&b);
+}
+
+/* ---- the rules ---- */
+
+static void check_string_field(report *r, int tidx, int uv, const char *field, int required,
+                               const char **s, size_t *n)
+{
+    lua_State *L = r->L;
+    *s = NULL;
+    lua_pushvalue(L, lua_upvalueindex(uv));
+    lua_rawget(L, tidx);
+    int t = lua_type(L, -1);
+    if (t == LUA_TSTRING) {
+        *s = lua_tolstring(L, -1, n); /* still held by the payload table */
+    } else if (t == LUA_TNIL) {
+        if (required) VIOLATION(r, "required", field, "%s is required", field);
+    } else {
+        VIOLATION(r, "type", field, "%s must be a string, got %s", field, lua_typename(L, t));
+    }
+    lua_pop(L, 1);
+}
+
+static void check_value(report *r, const options *o, int masked, const char *path,
+                        const char *label, const char *s, size_t n)
+{
+    int seen = 0;
+    unsigned char found[32];
+    size_t nfound = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char cls = o->bytes[(unsigned char)s[i]];
+        if (cls == B_OK) continue;
+        seen |= cls;
+        if ((cls & B_FORBIDDEN) && nfound < sizeof found && !memchr(found, s[i], nfound))
+            found[nfound++] = (unsigned char)s[i];
+    }
+    if ((lua_Integer)n > o->max_value_length)
+        VIOLATION(r, "too_long", path, "%s is %d bytes; at most %d are allowed", label, (int)n,
+                  (int)o->max_value_length);
+    if (seen & B_NUL)
+        VIOLATION(r, "nul", path, "%s contains a NUL byte", label);
+    if ((seen & B_HIGH) && !cxone_utf8_valid((const unsigned char *)s, n))
+        VIOLATION(r, "utf8", path, "%s is not valid UTF-8", label);
+    if (seen & B_FORBIDDEN) {
+        if (masked) {
+            /* Even one character of a secret is not ours to print. */
+            VIOLATION(r, "forbidden_char", path,
+                      "%s (masked) contains a character that is not allowed (not allowed: %s)",
+                      label, o->forbidden);
+        } else {
+            char chars[2 * sizeof found + 1];
+            size_t k = 0;
+            for (size_t i = 0; i < nfound; i++) {
+                chars[k++] = (char)found[i];
+                chars[k++] = ' ';
+            }
+            chars[k ? k - 1 : 0] = '\0';
+            VIOLATION(r, "forbidden_char", path, "%s contains %s, which is not allowed (not allowed: %s)",
+                      label, chars, o->forbidden);
+        }
+    }
+    if (masked && (lua_Integer)n < o->min_secret_length)
+        VIOLATION(r, "secret_too_short", path, "%s is masked and must be at least %d bytes long",
+                  label, (int)o->min_secret_length);
+}
+
+static void check_entry(report *r, validator *v, const options *o, int entry, lua_Integer i,
+                        nameset *names)
+{
+    lua_State *L = r->L;
+    char path[64];
+    char label[200];
+    const char *name, *value, *desc;
+    size_t nlen = 0, vlen = 0, dlen = 0;
+    int masked = 0;
+
+    snprintf(path, sizeof path, "variables[%lld]", (long long)i);
+    if (!lua_istable(L, entry)) {
+        VIOLATION(r, "type", path, "%s must be a table with name, value and masked, got %s", path,
+                  luaL_typename(L, entry));
+        return;
+    }
+
+    /* Unknown keys: a typo such as maskd = true must not silently send a secret unmasked. */
+    lua_pushnil(L);
+    while (lua_next(L, entry)) {
+        lua_pop(L, 1);
+        int known = 0;
+        for (int uv = UV_NAME; uv <= UV_DESCRIPTION && !known; uv++)
+            known = lua_rawequal(L, -1, lua_upvalueindex(uv));
+        if (!known) {
+            char kpath[128];
+            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) <= 40) {
+                snprintf(kpath, sizeof kpath, "%s.%s", path, lua_tostring(L, -1));
+                VIOLATION(r, "unknown_key", kpath, "%s has an unknown key '%s' (allowed: name, value, masked, description)",
+                          path, lua_tostring(L, -1));
+            } else {
+                VIOLATION(r, "unknown_key", path, "%s has an unknown %s key (allowed: name, value, masked, description)",
+                          path, luaL_typename(L, -1));
+            }
+        }
+    }
+
+    char fpath[96];
+    snprintf(fpath, sizeof fpath, "%s.name", path);
+    lua_pushvalue(L, lua_upvalueindex(UV_NAME));
+    lua_rawget(L, entry);
+    int t = lua_type(L, -1);
+    name = t == LUA_TSTRING ? lua_tolstring(L, -1, &nlen) : NULL;
+    lua_pop(L, 1);
+    int good_name = 0;
+    if (t == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required", fpath);
+    else if (!name) VIOLATION(r, "type", fpath, "%s must be a string, got %s", fpath, lua_typename(L, t));
+    else if ((lua_Integer)nlen > o->max_name_length)
+        VIOLATION(r, "too_long", fpath, "%s is %d bytes; at most %d are allowed", fpath, (int)nlen,
+                  (int)o->max_name_length);
+    else if (!re_match(v, v->name_re, name, nlen))
+        VIOLATION(r, "name_pattern", fpath, "%s must match %s (upper-case letters, digits, underscores; not starting with a digit)",
+                  fpath, NAME_PATTERN);
+    else good_name = 1;
+
+    if (good_name) {
+        int first = nameset_add(names, name, nlen, (int)i);
+        if (first) VIOLATION(r, "duplicate", fpath, "%s: %s repeats variables[%d]", fpath, name, first);
+        snprintf(label, sizeof label, "%s (%.*s)", path, (int)nlen, name);
+    } else {
+        snprintf(label, sizeof label, "%s", path);
+    }
+
+    snprintf(fpath, sizeof fpath, "%s.masked", path);
+    lua_pushvalue(L, lua_upvalueindex(UV_MASKED));
+    lua_rawget(L, entry);
+    t = lua_type(L, -1);
+    if (t == LUA_TBOOLEAN) masked = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (t == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required (true for secrets)", fpath);
+    else if (t != LUA_TBOOLEAN) VIOLATION(r, "type", fpath, "%s must be a boolean, got %s", fpath, lua_typename(L, t));
+
+    snprintf(fpath, sizeof fpath, "%s.value", path);
+    check_string_field(r, entry, UV_VALUE, fpath, 1, &value, &vlen);
+    if (value) {
+        char vlabel[220];
+        snprintf(vlabel, sizeof vlabel, "%s value", label);
+        check_value(r, o, masked, fpath, vlabel, value, vlen);
+    }
+
+    snprintf(fpath, sizeof fpath, "%s.description", path);
+    check_string_field(r, entry, UV_DESCRIPTION, fpath, 0, &desc, &dlen);
+    if (desc) {
+        if ((lua_Integer)dlen > o->max_value_length)
+            VIOLATION(r, "too_long", fpath, "%s is %d bytes; at most %d are allowed", fpath, (int)dlen,
+                      (int)o->max_value_length);
+        if (!cxone_utf8_valid((const unsigned char *)desc, dlen) || memchr(desc, 0, dlen))
+            VIOLATION(r, "utf8", fpath, "%s is not valid UTF-8 text", fpath);
+    }
+}
+
+/***
+ * Validates an override payload against the Integration Engine's constraints.
+ * Reports every violation, each `{path = "variables[3].value", code = "...", message = "..."}`;
+ * no message ever contains a variable's value.
+ * @function validate
+ * @tparam table payload `{variables = {...}, environmentId = "dev", actionId = "<uuid>"}`
+ * @tparam[opt] table opts `max_variables` (50), `max_value_length` (1024), `max_name_length` (128),
+ *   `min_secret_length` (8), `forbidden` (the characters values may not hold), `environments`
+ *   (the valid environment ids), `existing` (names already in the target environment: the
+ *   count limit then applies to the environment after the merge)
+ * @treturn[1] boolean true
+ * @treturn[2] nil
+ * @treturn[2] table the violations (tostring renders them one per line)
+ * @treturn[2] string "invalid"
+ * @usage local ok, violations = core.validate(payload, {existing = names})
+ */
+static int l_validate(lua_State *L)
+{
+    validator *v = lua_touserdata(L, lua_upvalueindex(UV_VALIDATOR));
+    options o;
+    report r;
+    slot stackslots[128];
+    nameset names;
+
+    luaL_checktype(L, 1, LUA_TTABLE);
+    if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    read_options(L, 2, &o);
+
+    lua_newtable(L);
+    r.L = L;
+    r.list = lua_gettop(L);
+    r.count = r.truncated = 0;
+
+    /* top level: unknown keys */
+    lua_pushnil(L);
+    while (lua_next(L, 1)) {
+        lua_pop(L, 1);
+        int known = lua_rawequal(L, -1, lua_upvalueindex(UV_VARIABLES))
+                    || lua_rawequal(L, -1, lua_upvalueindex(UV_ENVIRONMENT_ID))
+                    || lua_rawequal(L, -1, lua_upvalueindex(UV_ACTION_ID));
+        if (!known) {
+            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) <= 40)
+                VIOLATION(&r, "unknown_key", lua_tostring(L, -1),
+                          "unknown key '%s' (allowed: variables, environmentId, actionId)", lua_tostring(L, -1));
+            else
+                VIOLATION(&r, "unknown_key", "", "unknown %s key (allowed: variables, environmentId, actionId)",
+                          luaL_typename(L, -1));
+        }
+    }
+
+    const char *s;
+    size_t n;
+    check_string_field(&r, 1, UV_ACTION_ID, "actionId", 1, &s, &n);
+    if (s && !re_match(v, v->uuid_re, s, n))
+        VIOLATION(&r, "uuid", "actionId", "actionId must be a UUID (8-4-4-4-12 hexadecimal digits)");
+
+    check_string_field(&r, 1, UV_ENVIRONMENT_ID, "environmentId", 1, &s, &n);
+    if (s && !environment_known(L, &o, s, n)) {
+        push_environment_list(L, &o);
+        const char *envs = lua_tostring(L, -1);
+        VIOLATION(&r, "environment", "environmentId", "environmentId must be one of %s", envs);
+        lua_pop(L, 1);
+    }
+
+    lua_pushvalue(L, lua_upvalueindex(UV_VARIABLES));
+    lua_rawget(L, 1);
+    int vars = lua_gettop(L);
+    if (lua_isnil(L, vars)) {
+        VIOLATION(&r, "required", "variables", "variables is required (a list of {name, value, masked})");
+    } else if (!lua_istable(L, vars)) {
+        VIOLATION(&r, "type", "variables", "variables must be a list, got %s", luaL_typename(L, vars));
+    } else {
+        lua_Integer len = (lua_Integer)lua_rawlen(L, vars), keys = 0;
+        lua_pushnil(L);
+        while (lua_next(L, vars)) {
+            lua_pop(L, 1);
+            keys++;
+        }
+        if (keys != len)
+            VIOLATION(&r, "not_sequence", "variables",
+                      "variables must be a list (keys 1..n with no holes or other keys)");
+        size_t existing_n = o.existing ? (size_t)lua_rawlen(L, o.existing) : 0;
+        size_t want = (size_t)len + existing_n;
+        nameset_init(L, &names, stackslots, sizeof stackslots / sizeof *stackslots, want);
+        for (lua_Integer i = 1; i <= len; i++) {
+            lua_rawgeti(L, vars, i);
+            check_entry(&r, v, &o, lua_gettop(L), i, &names);
+            lua_pop(L, 1);
+        }
+        if (len > o.max_variables)
+            VIOLATION(&r, "too_many", "variables", "%d variables in one payload; at most %d are allowed per environment",
+                      (int)len, (int)o.max_variables);
+        else if (o.existing) {
+            lua_Integer elen = (lua_Integer)existing_n;
+            for (lua_Integer i = 1; i <= elen; i++) {
+                lua_rawgeti(L, o.existing, i);
+                if (lua_type(L, -1) == LUA_TSTRING) {
+                    size_t en;
+                    const char *e = lua_tolstring(L, -1, &en);
+                    nameset_add(&names, e, en, 0);
+                }
+                lua_pop(L, 1);
+            }
+            if ((lua_Integer)names.used > o.max_variables)
+                VIOLATION(&r, "too_many", "variables",
+                          "after the merge the environment would hold %d variables; at most %d are allowed",
+                          (int)names.used, (int)o.max_variables);
+        }
+    }
+
+    if (r.truncated) {
+        r.count--; /* make room: overwrite the last with a note */
+        r.truncated = 0;
+        add_violation(&r, "too_many_violations", "", "more violations than can be listed; fix these first");
+    }
+    if (r.count == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushnil(L);
+    lua_pushvalue(L, r.list);
+    luaL_setmetatable(L, VIOLATIONS_MT);
+    lua_pushliteral(L, "invalid");
+    return 3;
+}
+
+/* tostring(violations): one "path: message" per line. */
+static int violations_tostring(lua_State *L)
+{
+    luaL_Buffer b;
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+    luaL_buffinit(L, &b);
+    for (lua_Integer i = 1; i <= n; i++) {
+        if (i > 1) luaL_addchar(&b, '\n');
+        lua_rawgeti(L, 1, i);
+        if (lua_istable(L, -1)) lua_getfield(L, -1, "message");
+        else lua_pushnil(L);
+        lua_remove(L, -2);
+        if (lua_type(L, -1) == LUA_TSTRING) luaL_addvalue(&b); /* pops the message */
+        else lua_pop(L, 1);
+    }
+    luaL_pushresult(&b);
+    return 1;
+}
+
+static int validator_gc(lua_State *L)
+{
+    validator *v = luaL_checkudata(L, 1, VALIDATOR_MT);
+    if (v->md) pcre2_match_data_free(v->md);
+    if (v->name_re) pcre2_code_free(v->name_re);
+    if (v->uuid_re) pcre2_code_free(v->uuid_re);
+    v->md = NULL;
+    v->name_re = v->uuid_re = NULL;
+    return 0;
+}
+
+static pcre2_code *compile(lua_State *L, const char *pattern, int *jit)
+{
+    int errcode;
+    PCRE2_SIZE offset;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_NO_UTF_CHECK,
+                                   &errcode, &offset, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(errcode, msg, sizeof msg);
+        luaL_error(L, "cxone.core: cannot compile pattern %s at offset %d: %s", pattern, (int)offset, msg);
+    }
+    if (pcre2_jit_compile(re, PCRE2_JIT_COMPLETE) != 0) *jit = 0;
+    return re;
+}
+
+void cxone_validate_open(lua_State *L)
+{
+    /* module table at -1 */
+    validator *v = lua_newuserdatauv(L, sizeof *v, 0);
+    memset(v, 0, sizeof *v);
+    if (luaL_newmetatable(L, VALIDATOR_MT)) {
+        lua_pushcfunction(L, validator_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    v->jit = 1;
+    v->name_re = compile(L, NAME_PATTERN, &v->jit);
+    v->uuid_re = compile(L, UUID_PATTERN, &v->jit);
+    v->md = pcre2_match_data_create(1, NULL);
+    if (!v->md) luaL_error(L, "cxone.core: out of memory");
+
+    if (luaL_newmetatable(L, VIOLATIONS_MT)) {
+        lua_pushcfunction(L, violations_tostring);
+        lua_setfield(L, -2, "__tostring");
+        lua_pushliteral(L, "cxone.Violations");
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+
+    /* upvalues: validator, then interned keys */
+    lua_pushliteral(L, "name");
+    lua_pushliteral(L, "value");
+    lua_pushliteral(L, "masked");
+    lua_pushliteral(L, "description");
+    lua_pushliteral(L, "variables");
+    lua_pushliteral(L, "environmentId");
+    lua_pushliteral(L, "actionId");
+    lua_pushcclosure(L, l_validate, UV_COUNT - 1);
+    lua_setfield(L, -2, "validate");
+}
