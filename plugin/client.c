@@ -1,4 +1,1039 @@
-/* client: placeholder until written. */
-#include "cxone.h"
+/* client: the cxone.Client userdata (options, URL and id checks, request bodies, results). */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
 
-void cxone_client_open(lua_State *L) { (void)L; }
+#include "cxone.h"
+#include "http.h"
+
+#define CLIENT_MT "cxone.Client"
+#define BATCH_MT "cxone.Batch"
+#define DEFAULT_BASE_URL "https://api.cxone.com"
+#define DEFAULT_SCOPE "integration:actions:read integration:actions:write integration:actions:admin"
+#define DEFAULT_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
+#define MAX_ID_LEN 128
+
+typedef struct {
+    cxone_http *h;   /* NULL once closed */
+    cxone_xfer one;  /* the transfer of sequential calls, reused */
+} client_t;
+
+enum { OP_GET = 0, OP_PATCH, OP_PUT, OP_BUILD, OP_WEBHOOK };
+static const char *const op_names[] = {"get", "patch", "put", "build", NULL};
+
+/* ---- helpers ---- */
+
+static client_t *check_client(lua_State *L, int idx)
+{
+    client_t *c = luaL_checkudata(L, idx, CLIENT_MT);
+    if (!c->h) luaL_error(L, "attempt to use a closed cxone.Client");
+    return c;
+}
+
+/* Failure with a message scrubbed of the client's secrets. */
+static int client_fail(lua_State *L, const cxone_http *h, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int client_fail(lua_State *L, const cxone_http *h, const char *code, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cxone_http_scrub(h, msg, sizeof msg);
+    return cxone_fail(L, code, "%s", msg);
+}
+
+static int is_loopback(const char *host)
+{
+    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0)
+        return 1;
+    /* 127.0.0.0/8 as a dotted quad */
+    int a, b, c, d;
+    char tail;
+    return sscanf(host, "%d.%d.%d.%d%c", &a, &b, &c, &d, &tail) == 4 && a == 127
+        && b >= 0 && b <= 255 && c >= 0 && c <= 255 && d >= 0 && d <= 255;
+}
+
+/* Checks an absolute http(s) URL; writes why it is refused into why. 0 if acceptable. */
+static int check_url(const char *what, const char *url, int insecure_http, int allow_query,
+                     char *why, size_t whylen)
+{
+    int ret = -1;
+    char *scheme = NULL, *host = NULL, *user = NULL, *query = NULL, *frag = NULL;
+    CURLU *u = curl_url();
+    if (!u) { snprintf(why, whylen, "out of memory checking %s", what); return -1; }
+    CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
+    if (rc != CURLUE_OK) {
+        snprintf(why, whylen, "%s is not a valid absolute URL (%s)", what, curl_url_strerror(rc));
+        goto done;
+    }
+    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
+    curl_url_get(u, CURLUPART_HOST, &host, 0);
+    curl_url_get(u, CURLUPART_USER, &user, 0);
+    curl_url_get(u, CURLUPART_QUERY, &query, 0);
+    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
+    if (!scheme || !host || !*host) {
+        snprintf(why, whylen, "%s has no scheme or host", what);
+    } else if (strcasecmp(scheme, "https") != 0 && strcasecmp(scheme, "http") != 0) {
+        snprintf(why, whylen, "%s must use https:// (got %.16s://)", what, scheme);
+    } else if (user) {
+        snprintf(why, whylen, "%s must not carry credentials (user:password@): use the client options",
+                 what);
+    } else if (!allow_query && (query || frag)) {
+        snprintf(why, whylen, "%s must not have a query or fragment", what);
+    } else if (strcasecmp(scheme, "http") == 0 && !insecure_http && !is_loopback(host)) {
+        snprintf(why, whylen,
+                 "%s uses plain http:// to the non-loopback host %.200s: the token and secrets would "
+                 "travel unencrypted; use https://, or set insecure_http = true if you really mean it",
+                 what, host);
+    } else {
+        ret = 0;
+    }
+done:
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(user);
+    curl_free(query);
+    curl_free(frag);
+    curl_url_cleanup(u);
+    return ret;
+}
+
+/* Ids that go into URL path segments: unreserved characters only, so nothing can add a
+ * segment, a query or a fragment. Returns NULL if fine, else why not. */
+static const char *bad_id(const char *s, size_t n)
+{
+    if (n == 0) return "is empty";
+    if (n > MAX_ID_LEN) return "is longer than 128 characters";
+    if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.')) return "is a dot segment";
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~'))
+            return "contains characters not allowed in a URL path segment (allowed: A-Z a-z 0-9 - . _ ~)";
+    }
+    return NULL;
+}
+
+/* Header values from the caller (If-Match, Idempotency-Key): printable ASCII only. */
+static int header_value_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 200) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) return 0;
+    return 1;
+}
+
+/* Reads an optional string field of the table at idx (raising an argument error naming it). */
+static const char *opt_str(lua_State *L, int idx, int argn, const char *field, size_t *len)
+{
+    if (lua_isnoneornil(L, idx)) return NULL;
+    lua_getfield(L, idx, field);
+    if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        const char *m = lua_pushfstring(L, "option '%s' must be a string, got %s", field,
+                                        luaL_typename(L, -2));
+        luaL_argerror(L, argn, m);
+    }
+    const char *s = lua_tolstring(L, -1, len);
+    lua_pop(L, 1); /* still referenced by the table */
+    return s;
+}
+
+static void check_opts_table(lua_State *L, int idx)
+{
+    if (!lua_isnoneornil(L, idx)) luaL_checktype(L, idx, LUA_TTABLE);
+}
+
+/* ---- constructor ---- */
+
+/***
+ * Creates a client for the CXone API.
+ * @function client
+ * @tparam table opts see the module documentation (client_id, client_secret, base_url, ...)
+ * @treturn[1] cxone.Client
+ * @treturn[2] fail with code "config" (refused URL, unreadable ca_file) or "memory"
+ */
+static int l_client(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    const char *base = cxone_opt_string(L, 1, "base_url", DEFAULT_BASE_URL, NULL);
+    const char *token_url = cxone_opt_string(L, 1, "token_url", NULL, NULL);
+    const char *id = cxone_opt_string(L, 1, "client_id", NULL, NULL);
+    const char *secret = cxone_opt_string(L, 1, "client_secret", NULL, NULL);
+    const char *key_id = cxone_opt_string(L, 1, "access_key_id", NULL, NULL);
+    const char *key_secret = cxone_opt_string(L, 1, "access_key_secret", NULL, NULL);
+    int basic = cxone_opt_boolean(L, 1, "basic_auth", 0);
+    const char *scope = cxone_opt_string(L, 1, "scope", DEFAULT_SCOPE, NULL);
+    lua_Number cto = cxone_opt_number(L, 1, "connect_timeout", 10);
+    lua_Number to = cxone_opt_number(L, 1, "timeout", 30);
+    lua_Integer retries = cxone_opt_integer(L, 1, "retries", 3);
+    lua_Number bbase = cxone_opt_number(L, 1, "backoff_base", 0.5);
+    lua_Number bcap = cxone_opt_number(L, 1, "backoff_cap", 8);
+    lua_Number racap = cxone_opt_number(L, 1, "retry_after_cap", 60);
+    lua_Number deadline = cxone_opt_number(L, 1, "deadline", 120);
+    lua_Number margin = cxone_opt_number(L, 1, "refresh_margin", 30);
+    const char *ca_file = cxone_opt_string(L, 1, "ca_file", NULL, NULL);
+    int insecure = cxone_opt_boolean(L, 1, "insecure_http", 0);
+    int debug = cxone_opt_boolean(L, 1, "debug", 0);
+    const char *ua = cxone_opt_string(L, 1, "user_agent", NULL, NULL);
+
+    luaL_argcheck(L, id && *id, 1, "option 'client_id' is required (a non-empty string)");
+    luaL_argcheck(L, secret && *secret, 1, "option 'client_secret' is required (a non-empty string)");
+    luaL_argcheck(L, (key_id == NULL) == (key_secret == NULL), 1,
+                  "options 'access_key_id' and 'access_key_secret' go together");
+    luaL_argcheck(L, cto > 0 && cto <= 3600, 1, "option 'connect_timeout' must be in (0, 3600]");
+    luaL_argcheck(L, to > 0 && to <= 86400, 1, "option 'timeout' must be in (0, 86400]");
+    luaL_argcheck(L, retries >= 0 && retries <= 100, 1, "option 'retries' must be in [0, 100]");
+    luaL_argcheck(L, bbase >= 0 && bbase <= 3600, 1, "option 'backoff_base' must be in [0, 3600]");
+    luaL_argcheck(L, bcap >= 0 && bcap <= 3600, 1, "option 'backoff_cap' must be in [0, 3600]");
+    luaL_argcheck(L, racap >= 0 && racap <= 86400, 1, "option 'retry_after_cap' must be in [0, 86400]");
+    luaL_argcheck(L, deadline > 0 && deadline <= 86400, 1, "option 'deadline' must be in (0, 86400]");
+    luaL_argcheck(L, margin >= 0 && margin <= 86400, 1, "option 'refresh_margin' must be in [0, 86400]");
+    luaL_argcheck(L, !ua || header_value_ok(ua, strlen(ua)), 1,
+                  "option 'user_agent' must be printable ASCII (at most 200 bytes)");
+    const char *env = getenv("CXONE_DEBUG");
+    if (env && *env && strcmp(env, "0") != 0) debug = 1;
+
+    char why[400];
+    if (check_url("base_url", base, insecure, 0, why, sizeof why) != 0)
+        return cxone_fail(L, "config", "%s", why);
+    if (token_url && check_url("token_url", token_url, insecure, 0, why, sizeof why) != 0)
+        return cxone_fail(L, "config", "%s", why);
+    if (ca_file && access(ca_file, R_OK) != 0)
+        return cxone_fail(L, "config", "ca_file %.300s is not readable", ca_file);
+    if (!ca_file && access(DEFAULT_CA_BUNDLE, R_OK) == 0) ca_file = DEFAULT_CA_BUNDLE;
+
+    /* the userdata first, so that a failure below is collected with it */
+    client_t *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    cxone_xfer_init(&c->one);
+    luaL_setmetatable(L, CLIENT_MT);
+    cxone_http *h = c->h = cxone_http_new();
+    if (!h) return cxone_fail(L, "memory", "out of memory creating the client");
+
+    size_t bl = strlen(base);
+    while (bl > 0 && base[bl - 1] == '/') bl--;
+    h->base_url = malloc(bl + 1);
+    if (h->base_url) { memcpy(h->base_url, base, bl); h->base_url[bl] = '\0'; }
+    if (token_url) {
+        h->token_url = cxone_sdup(token_url);
+    } else if (h->base_url) {
+        h->token_url = malloc(bl + sizeof "/oauth/token");
+        if (h->token_url) snprintf(h->token_url, bl + sizeof "/oauth/token", "%s/oauth/token", h->base_url);
+    }
+    h->client_id = cxone_sdup(id);
+    h->client_secret = cxone_sdup(secret);
+    h->key_id = cxone_sdup(key_id);
+    h->key_secret = cxone_sdup(key_secret);
+    h->scope = cxone_sdup(scope);
+    h->ca_file = cxone_sdup(ca_file);
+    if (ua) {
+        h->user_agent = cxone_sdup(ua);
+    } else {
+        char buf[96];
+        snprintf(buf, sizeof buf, "cxone-overrides/%s libcurl/%s", CXONE_VERSION, curl_version_info(CURLVERSION_NOW)->version);
+        h->user_agent = cxone_sdup(buf);
+    }
+    h->basic_auth = basic;
+    h->connect_timeout_ms = (long)ceil(cto * 1000);
+    h->timeout_ms = (long)ceil(to * 1000);
+    h->retries = (int)retries;
+    h->backoff_base = bbase;
+    h->backoff_cap = bcap;
+    h->retry_after_cap = racap;
+    h->deadline = deadline;
+    h->refresh_margin = margin;
+    h->debug = debug;
+    if (!h->base_url || !h->token_url || !h->client_id || !h->client_secret || !h->scope
+        || (key_id && (!h->key_id || !h->key_secret)) || (ca_file && !h->ca_file) || !h->user_agent) {
+        cxone_http_free(h);
+        c->h = NULL;
+        return cxone_fail(L, "memory", "out of memory creating the client");
+    }
+    if (cxone_http_start(h, why, sizeof why) != 0) {
+        cxone_http_free(h);
+        c->h = NULL;
+        return cxone_fail(L, "memory", "%s", why);
+    }
+    return 1;
+}
+
+/* ---- outcomes ---- */
+
+/* Copies a server-provided string into out: printable ASCII, at most cap-1 bytes. */
+static void sanitize(const char *s, size_t n, char *out, size_t cap)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < n && j + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        out[j++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+    }
+    out[j] = '\0';
+}
+
+/* Reads string field `key` of the JSON error body of x into out ("" if none). Decodes through
+ * Lua: only called once the engine has finished. */
+static void error_field(lua_State *L, const cxone_xfer *x, const char *key, char *out, size_t cap)
+{
+    char err[64];
+    out[0] = '\0';
+    if (!x->resp.p || x->resp.len == 0) return;
+    if (!cxone_json_decode(L, x->resp.p, x->resp.len, err, sizeof err)) return;
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_getfield(L, -1, key);
+        size_t n;
+        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
+        if (s) sanitize(s, n, out, cap);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+}
+
+/* Removes the masked values of the payload at idx (if any) from msg. */
+static void scrub_masked(lua_State *L, int payload, char *msg, size_t cap)
+{
+    if (payload == 0 || lua_type(L, payload) != LUA_TTABLE) return;
+    lua_getfield(L, payload, "variables");
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        size_t n = (size_t)lua_rawlen(L, -1);
+        for (size_t i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, (lua_Integer)i);
+            if (lua_type(L, -1) == LUA_TTABLE) {
+                lua_getfield(L, -1, "masked");
+                int masked = lua_toboolean(L, -1);
+                lua_getfield(L, -2, "value");
+                size_t vl;
+                const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
+                if (masked && v) cxone_scrub_value(msg, cap, v, vl);
+                lua_pop(L, 2);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+}
+
+static void push_meta(lua_State *L, const cxone_xfer *x, const char *idem)
+{
+    lua_createtable(L, 0, 5);
+    lua_pushinteger(L, (lua_Integer)x->status);
+    lua_setfield(L, -2, "status");
+    if (x->etag[0]) {
+        lua_pushstring(L, x->etag);
+        lua_setfield(L, -2, "etag");
+    }
+    lua_pushnumber(L, floor(x->latency_ms * 1000.0 + 0.5) / 1000.0);
+    lua_setfield(L, -2, "latency_ms");
+    lua_pushinteger(L, x->attempts);
+    lua_setfield(L, -2, "attempts");
+    if (idem) {
+        lua_pushstring(L, idem);
+        lua_setfield(L, -2, "idempotency_key");
+    }
+}
+
+/* Maps a finished transfer to a code and message (for failures). */
+static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, int op,
+                              int payload, char *msg, size_t cap)
+{
+    if (x->fail_code) {
+        snprintf(msg, cap, "%s", x->fail_msg);
+        return x->fail_code;
+    }
+    long st = x->status;
+    char server[240];
+    const char *code;
+    int tries = x->attempts;
+    const char *pl = tries == 1 ? "" : "s";
+    if (st == 401) {
+        code = "auth";
+        snprintf(msg, cap, "the API refused the token (HTTP 401) even after a token refresh: check "
+                 "that client %s is still authorised", h->client_id);
+    } else if (st == 403) {
+        code = "scope";
+        error_field(L, x, "required_scope", server, sizeof server);
+        if (server[0])
+            snprintf(msg, cap, "permission denied (HTTP 403): grant the scope '%s' to client %s",
+                     server, h->client_id);
+        else
+            snprintf(msg, cap, "permission denied (HTTP 403): client %s lacks the scope this "
+                     "operation needs", h->client_id);
+    } else if (st == 404) {
+        code = "not_found";
+        snprintf(msg, cap, "not found (HTTP 404): check the action id and environment id");
+    } else if (st == 409 || st == 412) {
+        code = "conflict";
+        snprintf(msg, cap, "conflict (HTTP %ld): the target changed since the plan was made; "
+                 "re-read it and plan again (after a retried PATCH/PUT with If-Match this can also "
+                 "mean an earlier attempt was applied but its answer was lost)", st);
+    } else if (st == 429) {
+        code = "rate_limited";
+        snprintf(msg, cap, "rate limited (HTTP 429) after %d attempt%s; try again later or lower "
+                 "the request rate", tries, pl);
+    } else if (st >= 500 && st < 600) {
+        code = "server";
+        snprintf(msg, cap, "server error (HTTP %ld) after %d attempt%s", st, tries, pl);
+    } else if (st >= 400 && st < 500) {
+        code = "invalid";
+        error_field(L, x, "message", server, sizeof server);
+        if (!server[0]) error_field(L, x, "error", server, sizeof server);
+        snprintf(msg, cap, "the %s was rejected (HTTP %ld)%s%s", op == OP_WEBHOOK ? "webhook" : "request",
+                 st, server[0] ? ": " : "", server);
+    } else {
+        code = "format";
+        snprintf(msg, cap, "unexpected HTTP status %ld", st);
+    }
+    scrub_masked(L, payload, msg, cap);
+    cxone_http_scrub(h, msg, cap);
+    return code;
+}
+
+/* Pushes the outcome of a finished transfer: result, meta on success (2 values), or
+ * nil, message, code, meta (4 values). */
+static int push_outcome(lua_State *L, cxone_http *h, const cxone_xfer *x, int op, int payload,
+                        const char *idem)
+{
+    char msg[512];
+    if (!x->failed) {
+        if (op == OP_WEBHOOK) {
+            lua_pushboolean(L, 1);
+        } else {
+            char err[160];
+            int decoded = cxone_json_decode(L, x->resp.p ? x->resp.p : "", x->resp.len, err, sizeof err);
+            if (!decoded || lua_type(L, -1) != LUA_TTABLE) {
+                if (decoded) lua_pop(L, 1);
+                h->stats.failures++;
+                luaL_pushfail(L);
+                lua_pushfstring(L, "the API answered HTTP %d with something that is not a JSON object",
+                                (int)x->status);
+                lua_pushstring(L, "format");
+                push_meta(L, x, idem);
+                return 4;
+            }
+        }
+        h->stats.successes++;
+        push_meta(L, x, idem);
+        return 2;
+    }
+    h->stats.failures++;
+    const char *code = failure_of(L, h, x, op, payload, msg, sizeof msg);
+    luaL_pushfail(L);
+    lua_pushstring(L, msg);
+    lua_pushstring(L, code);
+    push_meta(L, x, idem);
+    return 4;
+}
+
+/* ---- request preparation (raises only argument errors before the network) ---- */
+
+static int add_header(cxone_xfer *x, const char *name, const char *value)
+{
+    char line[320];
+    snprintf(line, sizeof line, "%s: %s", name, value);
+    return cxone_xfer_header(x, line);
+}
+
+static int api_url(cxone_xfer *x, const cxone_http *h, const char *action, const char *env,
+                   const char *suffix)
+{
+    size_t n = strlen(h->base_url) + strlen(action) + (env ? strlen(env) : 0) + 96;
+    x->url = malloc(n);
+    if (!x->url) return -1;
+    if (env)
+        snprintf(x->url, n, "%s/api/v2/integration/actions/%s/environments/%s/variables",
+                 h->base_url, action, env);
+    else
+        snprintf(x->url, n, "%s/api/v2/integration/actions/%s/%s", h->base_url, action, suffix);
+    return 0;
+}
+
+/* Prepares x for op. Stack: payload (or 0), ids, header values are already validated as
+ * types; data problems become x->fail_code ("invalid"/"memory") so batch can report them per
+ * entry. */
+static void prepare(lua_State *L, cxone_http *h, cxone_xfer *x, int op, const char *action,
+                    const char *env, int payload, const char *if_match, const char *idem)
+{
+    const char *why;
+    cxone_xfer_reset(x);
+    x->h = h;
+    x->kind = CXH_API;
+    x->retry_policy = CXH_RETRY_ALL;
+    if ((why = bad_id(action, strlen(action))) != NULL) {
+        snprintf(x->fail_msg, sizeof x->fail_msg, "action id %s", why);
+        x->fail_code = "invalid";
+        return;
+    }
+    if (env && (why = bad_id(env, strlen(env))) != NULL) {
+        snprintf(x->fail_msg, sizeof x->fail_msg, "environment id %s", why);
+        x->fail_code = "invalid";
+        return;
+    }
+    if (if_match && !header_value_ok(if_match, strlen(if_match))) {
+        snprintf(x->fail_msg, sizeof x->fail_msg, "if_match must be 1-200 printable ASCII characters");
+        x->fail_code = "invalid";
+        return;
+    }
+    if (idem && !header_value_ok(idem, strlen(idem))) {
+        snprintf(x->fail_msg, sizeof x->fail_msg, "idempotency_key must be 1-200 printable ASCII characters");
+        x->fail_code = "invalid";
+        return;
+    }
+    int oom = 0;
+    switch (op) {
+    case OP_GET:
+        x->method = "GET";
+        x->expect = CXH_EXPECT_VARIABLES;
+        oom |= api_url(x, h, action, env, NULL);
+        break;
+    case OP_PATCH:
+    case OP_PUT: {
+        x->method = op == OP_PATCH ? "PATCH" : "PUT";
+        x->expect = CXH_EXPECT_VARIABLES;
+        x->has_body = 1;
+        oom |= api_url(x, h, action, env, NULL);
+        char err[160];
+        /* reserve up front so that masked values are not left behind by reallocations */
+        cxone_sbuf_reserve(&x->body, 16384);
+        cxone_buf tmp;
+        cxone_buf_init(&tmp);
+        int rc = cxone_json_encode(L, payload, &tmp, err, sizeof err);
+        if (rc == 0 && !tmp.oom) cxone_sbuf_add(&x->body, tmp.p ? tmp.p : "", tmp.len);
+        cxone_sbuf_wipe(&tmp);
+        if (rc != 0) {
+            snprintf(x->fail_msg, sizeof x->fail_msg, "payload cannot be encoded as JSON: %s", err);
+            x->fail_code = "invalid";
+            return;
+        }
+        oom |= x->body.oom;
+        oom |= cxone_xfer_header(x, "Content-Type: application/json");
+        if (if_match) oom |= add_header(x, "If-Match", if_match);
+        break;
+    }
+    case OP_BUILD:
+        x->method = "POST";
+        x->expect = CXH_EXPECT_BUILD;
+        x->has_body = 1;
+        oom |= api_url(x, h, action, NULL, "build");
+        cxone_sbuf_add(&x->body, "{}", 2);
+        oom |= x->body.oom;
+        oom |= cxone_xfer_header(x, "Content-Type: application/json");
+        oom |= add_header(x, "Idempotency-Key", idem);
+        break;
+    }
+    oom |= cxone_xfer_header(x, "Accept: application/json");
+    oom |= cxone_xfer_header(x, "Expect:");
+    if (oom) {
+        snprintf(x->fail_msg, sizeof x->fail_msg, "out of memory preparing the request");
+        x->fail_code = "memory";
+    }
+}
+
+/* payload.actionId / payload.environmentId, raising an argument error if not strings. */
+static const char *payload_id(lua_State *L, int payload, int argn, const char *field)
+{
+    lua_getfield(L, payload, field);
+    if (lua_type(L, -1) != LUA_TSTRING) {
+        const char *m = lua_pushfstring(L, "payload.%s must be a string, got %s", field,
+                                        luaL_typename(L, -2));
+        luaL_argerror(L, argn, m);
+    }
+    const char *s = lua_tostring(L, -1);
+    lua_pop(L, 1); /* referenced by the payload */
+    return s;
+}
+
+static int run_one(lua_State *L, client_t *c, int op, int payload, const char *idem)
+{
+    cxone_xfer *x = &c->one, *xs[1] = {x};
+    cxone_http_run(c->h, xs, 1, 1, 0, 0);
+    int n = push_outcome(L, c->h, x, op, payload, idem);
+    cxone_xfer_reset(x); /* wipes the body and the answer */
+    return n;
+}
+
+/* ---- methods ---- */
+
+/***
+ * Fetches a token now (it is otherwise fetched and refreshed on demand).
+ * @function Client:authenticate
+ * @treturn[1] boolean true
+ * @treturn[1] table {expires_in=, scope=}
+ * @treturn[2] fail (auth, scope, network, tls, server, rate_limited, format)
+ */
+static int m_authenticate(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    cxone_http *h = c->h;
+    cxone_http_run(h, NULL, 0, 1, 0, 1);
+    if (h->tok_fail_code) {
+        h->stats.failures++;
+        return client_fail(L, h, h->tok_fail_code, "%s", h->tok_fail_msg);
+    }
+    lua_pushboolean(L, 1);
+    lua_createtable(L, 0, 2);
+    lua_pushnumber(L, h->token_expires_in);
+    lua_setfield(L, -2, "expires_in");
+    if (h->token_scope) {
+        lua_pushstring(L, h->token_scope);
+        lua_setfield(L, -2, "scope");
+    }
+    return 2;
+}
+
+/***
+ * Reads an environment's variables.
+ * @function Client:get
+ * @tparam string action_id
+ * @tparam string env_id
+ * @treturn[1] table {variables=, environmentId=, actionId=}
+ * @treturn[1] table meta {status=, etag=, latency_ms=, attempts=}
+ * @treturn[2] fail plus meta
+ */
+static int m_get(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    const char *a = luaL_checkstring(L, 2);
+    const char *e = luaL_checkstring(L, 3);
+    prepare(L, c->h, &c->one, OP_GET, a, e, 0, NULL, NULL);
+    return run_one(L, c, OP_GET, 0, NULL);
+}
+
+static int patch_or_put(lua_State *L, int op)
+{
+    client_t *c = check_client(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_opts_table(L, 3);
+    const char *a = payload_id(L, 2, 2, "actionId");
+    const char *e = payload_id(L, 2, 2, "environmentId");
+    const char *if_match = opt_str(L, 3, 3, "if_match", NULL);
+    prepare(L, c->h, &c->one, op, a, e, 2, if_match, NULL);
+    return run_one(L, c, op, 2, NULL);
+}
+
+/***
+ * Merges variables into an environment (PATCH), optionally only if its ETag is unchanged.
+ * Retried on 429/5xx/connection failures; with if_match a retry after a lost answer may
+ * report `conflict` although the first attempt was applied.
+ * @function Client:patch
+ * @tparam table payload {variables=, environmentId=, actionId=}
+ * @tparam[opt] table opts {if_match=etag}
+ * @treturn[1] table result
+ * @treturn[1] table meta
+ * @treturn[2] fail plus meta
+ */
+static int m_patch(lua_State *L) { return patch_or_put(L, OP_PATCH); }
+
+/***
+ * Replaces an environment's variables (PUT); as patch otherwise.
+ * @function Client:put
+ */
+static int m_put(lua_State *L) { return patch_or_put(L, OP_PUT); }
+
+/***
+ * Queues a build of an action. A random Idempotency-Key is generated unless given, so that
+ * retries never queue it twice.
+ * @function Client:build
+ * @tparam string action_id
+ * @tparam[opt] table opts {idempotency_key=}
+ * @treturn[1] table {buildId=, status=}
+ * @treturn[1] table meta (with idempotency_key)
+ * @treturn[2] fail plus meta
+ */
+static int m_build(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    const char *a = luaL_checkstring(L, 2);
+    check_opts_table(L, 3);
+    const char *idem = opt_str(L, 3, 3, "idempotency_key", NULL);
+    char uuid[37];
+    if (!idem) {
+        if (cxone_http_uuid4(uuid) != 0) return cxone_fail(L, "memory", "the random generator failed");
+        idem = uuid;
+    }
+    lua_pushstring(L, idem); /* keep a copy alive for meta */
+    idem = lua_tostring(L, -1);
+    prepare(L, c->h, &c->one, OP_BUILD, a, NULL, 0, NULL, idem);
+    return run_one(L, c, OP_BUILD, 0, idem);
+}
+
+/***
+ * POSTs a JSON event to a CI/CD webhook, signed with X-Signature: sha256=<HMAC> when a
+ * secret is given. Failures are returned, never raised. Retried only when the event surely
+ * was not processed (connection refused, 429, 503).
+ * @function Client:webhook
+ * @tparam string url
+ * @tparam table event
+ * @tparam[opt] table opts {secret=}
+ * @treturn[1] boolean true
+ * @treturn[1] table meta
+ * @treturn[2] fail plus meta (config for a refused URL, invalid for an unencodable event)
+ */
+static int m_webhook(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    cxone_http *h = c->h;
+    const char *url = luaL_checkstring(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    check_opts_table(L, 4);
+    size_t sl = 0;
+    const char *secret = opt_str(L, 4, 4, "secret", &sl);
+    char why[400];
+    /* the webhook URL is never echoed: it may carry a token in its query */
+    if (check_url("the webhook URL", url, 0, 1, why, sizeof why) != 0) {
+        h->stats.failures++;
+        return client_fail(L, h, "config", "%s", why);
+    }
+    cxone_xfer *x = &c->one;
+    cxone_xfer_reset(x);
+    x->h = h;
+    x->kind = CXH_WEBHOOK;
+    x->retry_policy = CXH_RETRY_SAFE;
+    x->method = "POST";
+    x->has_body = 1;
+    char err[160];
+    if (cxone_json_encode(L, 3, &x->body, err, sizeof err) != 0) {
+        cxone_xfer_reset(x);
+        h->stats.failures++;
+        return cxone_fail(L, "invalid", "the webhook event cannot be encoded as JSON: %s", err);
+    }
+    int oom = x->body.oom || !(x->url = cxone_sdup(url));
+    oom |= cxone_xfer_header(x, "Content-Type: application/json");
+    oom |= cxone_xfer_header(x, "Expect:");
+    if (secret && !oom) {
+        char hex[65], line[96];
+        if (cxone_hmac_sha256_hex(secret, sl, x->body.p ? x->body.p : "", x->body.len, hex) != 0) {
+            cxone_xfer_reset(x);
+            return cxone_fail(L, "memory", "libcrypto failed to sign the webhook body");
+        }
+        snprintf(line, sizeof line, "X-Signature: sha256=%s", hex);
+        oom |= cxone_xfer_header(x, line);
+    }
+    if (oom) {
+        cxone_xfer_reset(x);
+        return cxone_fail(L, "memory", "out of memory preparing the webhook");
+    }
+    int n = run_one(L, c, OP_WEBHOOK, 0, NULL);
+    return n == 2 ? 2 : 4;
+}
+
+/* ---- batch ---- */
+
+typedef struct {
+    size_t n;
+    cxone_xfer *x;    /* n transfers */
+    cxone_xfer **px;  /* n pointers */
+    char (*idem)[37]; /* generated keys */
+} batch_t;
+
+static int batch_gc(lua_State *L)
+{
+    batch_t *b = luaL_checkudata(L, 1, BATCH_MT);
+    if (b->x)
+        for (size_t i = 0; i < b->n; i++) cxone_xfer_reset(&b->x[i]);
+    free(b->x);
+    free(b->px);
+    free(b->idem);
+    b->x = NULL;
+    b->px = NULL;
+    b->idem = NULL;
+    b->n = 0;
+    return 0;
+}
+
+static const char *req_str(lua_State *L, int t, size_t i, const char *field, int required)
+{
+    lua_getfield(L, t, field);
+    int ty = lua_type(L, -1);
+    if (ty == LUA_TNIL && !required) { lua_pop(L, 1); return NULL; }
+    if (ty != LUA_TSTRING) {
+        const char *m = lua_pushfstring(L, "request #%d: '%s' must be a string, got %s", (int)i, field,
+                                        luaL_typename(L, -2));
+        luaL_argerror(L, 2, m);
+    }
+    const char *s = lua_tostring(L, -1);
+    lua_pop(L, 1);
+    return s;
+}
+
+/***
+ * Runs many requests concurrently over the client's multi handle.
+ * @function Client:batch
+ * @tparam table requests list of {op="get"|"patch"|"put"|"build", action=, env=, payload=,
+ *   if_match=, idempotency_key=}
+ * @tparam[opt] table opts {concurrency=8, stop_on_failure=false}
+ * @treturn table results in the same order: {ok=true, result=, meta=} or
+ *   {ok=false, error=, code=, meta=} or {ok=false, skipped=true, code="not_attempted"}
+ */
+static int m_batch(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    cxone_http *h = c->h;
+    luaL_checktype(L, 2, LUA_TTABLE);
+    check_opts_table(L, 3);
+    lua_Integer conc = cxone_opt_integer(L, 3, "concurrency", 8);
+    int stop = cxone_opt_boolean(L, 3, "stop_on_failure", 0);
+    luaL_argcheck(L, conc >= 1 && conc <= CXH_MAX_CONCURRENCY, 3, "option 'concurrency' must be in [1, 64]");
+    size_t n = (size_t)lua_rawlen(L, 2);
+
+    /* pass 1: check argument types, so that misuse raises before anything is allocated */
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i);
+        if (lua_type(L, -1) != LUA_TTABLE) {
+            const char *m = lua_pushfstring(L, "request #%d must be a table, got %s", (int)i,
+                                            luaL_typename(L, -1));
+            luaL_argerror(L, 2, m);
+        }
+        int t = lua_gettop(L);
+        const char *op = req_str(L, t, i, "op", 1);
+        int k = 0;
+        while (op_names[k] && strcmp(op_names[k], op) != 0) k++;
+        if (!op_names[k]) {
+            const char *m = lua_pushfstring(L, "request #%d: unknown op '%s' (get, patch, put, build)",
+                                            (int)i, op);
+            luaL_argerror(L, 2, m);
+        }
+        req_str(L, t, i, "if_match", 0);
+        req_str(L, t, i, "idempotency_key", 0);
+        if (k == OP_PATCH || k == OP_PUT) {
+            lua_getfield(L, t, "payload");
+            if (lua_type(L, -1) != LUA_TTABLE) {
+                const char *m = lua_pushfstring(L, "request #%d: 'payload' must be a table", (int)i);
+                luaL_argerror(L, 2, m);
+            }
+            int p = lua_gettop(L);
+            for (int f = 0; f < 2; f++) {
+                const char *field = f ? "environmentId" : "actionId";
+                lua_getfield(L, p, field);
+                if (lua_type(L, -1) != LUA_TSTRING) {
+                    const char *m = lua_pushfstring(L, "request #%d: payload.%s must be a string",
+                                                    (int)i, field);
+                    luaL_argerror(L, 2, m);
+                }
+                lua_pop(L, 1);
+            }
+            lua_pop(L, 1);
+        } else {
+            req_str(L, t, i, "action", 1);
+            if (k == OP_GET) req_str(L, t, i, "env", 1);
+        }
+        lua_pop(L, 1);
+    }
+
+    /* the transfers live in a userdata so that any error below frees them */
+    batch_t *b = lua_newuserdatauv(L, sizeof *b, 0);
+    memset(b, 0, sizeof *b);
+    if (luaL_newmetatable(L, BATCH_MT)) {
+        lua_pushcfunction(L, batch_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    int bidx = lua_gettop(L);
+    if (n > 0) {
+        b->x = calloc(n, sizeof *b->x);
+        b->px = calloc(n, sizeof *b->px);
+        b->idem = calloc(n, sizeof *b->idem);
+        if (!b->x || !b->px || !b->idem) return cxone_fail(L, "memory", "out of memory preparing the batch");
+        b->n = n;
+        for (size_t i = 0; i < n; i++) {
+            cxone_xfer_init(&b->x[i]);
+            b->px[i] = &b->x[i];
+        }
+    }
+    /* pass 2: build the requests */
+    int *opk = n ? lua_newuserdatauv(L, n * sizeof(int), 0) : NULL;
+    for (size_t i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, (lua_Integer)i);
+        int t = lua_gettop(L);
+        const char *op = req_str(L, t, i, "op", 1);
+        int k = 0;
+        while (strcmp(op_names[k], op) != 0) k++;
+        opk[i - 1] = k;
+        const char *if_match = req_str(L, t, i, "if_match", 0);
+        const char *idem = req_str(L, t, i, "idempotency_key", 0);
+        cxone_xfer *x = &b->x[i - 1];
+        if (k == OP_PATCH || k == OP_PUT) {
+            lua_getfield(L, t, "payload");
+            int p = lua_gettop(L);
+            const char *a = payload_id(L, p, 2, "actionId");
+            const char *e = payload_id(L, p, 2, "environmentId");
+            const char *ra = req_str(L, t, i, "action", 0), *re = req_str(L, t, i, "env", 0);
+            prepare(L, h, x, k, a, e, p, if_match, NULL);
+            if (!x->fail_code && ((ra && strcmp(ra, a) != 0) || (re && strcmp(re, e) != 0))) {
+                cxone_xfer_reset(x);
+                x->fail_code = "invalid";
+                snprintf(x->fail_msg, sizeof x->fail_msg,
+                         "request #%d: action/env disagree with payload.actionId/environmentId", (int)i);
+            }
+            lua_pop(L, 1);
+        } else if (k == OP_BUILD) {
+            if (!idem) {
+                if (cxone_http_uuid4(b->idem[i - 1]) != 0) b->idem[i - 1][0] = '\0';
+                idem = b->idem[i - 1];
+            } else {
+                snprintf(b->idem[i - 1], sizeof b->idem[i - 1], "%s", idem);
+            }
+            prepare(L, h, x, k, req_str(L, t, i, "action", 1), NULL, 0, NULL, idem[0] ? idem : "x");
+        } else {
+            prepare(L, h, x, k, req_str(L, t, i, "action", 1), req_str(L, t, i, "env", 1), 0, NULL, NULL);
+        }
+        lua_pop(L, 1);
+    }
+
+    cxone_http_run(h, b->px, n, (int)conc, stop, 0);
+
+    /* results, in order */
+    lua_createtable(L, (int)n, 0);
+    for (size_t i = 1; i <= n; i++) {
+        cxone_xfer *x = &b->x[i - 1];
+        lua_createtable(L, 0, 4);
+        if (x->skipped) {
+            lua_pushboolean(L, 0);
+            lua_setfield(L, -2, "ok");
+            lua_pushboolean(L, 1);
+            lua_setfield(L, -2, "skipped");
+            lua_pushliteral(L, "not_attempted");
+            lua_setfield(L, -2, "code");
+        } else {
+            int payload = 0;
+            if (opk[i - 1] == OP_PATCH || opk[i - 1] == OP_PUT) {
+                lua_rawgeti(L, 2, (lua_Integer)i);
+                lua_getfield(L, -1, "payload");
+                lua_remove(L, -2);
+                payload = lua_gettop(L);
+            }
+            int top = lua_gettop(L);
+            int r = push_outcome(L, h, x, opk[i - 1], payload,
+                                 opk[i - 1] == OP_BUILD ? b->idem[i - 1] : NULL);
+            /* stack: entry, [payload], results... */
+            int entry = payload ? payload - 1 : top;
+            if (r == 2) {
+                lua_setfield(L, entry, "meta");
+                lua_setfield(L, entry, "result");
+                lua_pushboolean(L, 1);
+                lua_setfield(L, entry, "ok");
+            } else {
+                lua_setfield(L, entry, "meta");
+                lua_setfield(L, entry, "code");
+                lua_setfield(L, entry, "error");
+                lua_pop(L, 1);
+                lua_pushboolean(L, 0);
+                lua_setfield(L, entry, "ok");
+            }
+            if (payload) lua_pop(L, 1);
+        }
+        lua_rawseti(L, -2, (lua_Integer)i);
+        cxone_xfer_reset(x);
+    }
+    lua_replace(L, bidx); /* the batch userdata's slot now holds the results */
+    lua_settop(L, bidx);
+    return 1;
+}
+
+/* ---- introspection and lifetime ---- */
+
+/***
+ * Counters since the client was created.
+ * @function Client:stats
+ * @treturn table {requests=, attempts=, retries=, token_requests=, successes=, failures=,
+ *   connections=, latency_ms_total=}
+ */
+static int m_stats(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    const cxone_http_stats *s = &c->h->stats;
+    lua_createtable(L, 0, 8);
+#define F(name)                                 \
+    lua_pushinteger(L, (lua_Integer)s->name);   \
+    lua_setfield(L, -2, #name)
+    F(requests);
+    F(attempts);
+    F(retries);
+    F(token_requests);
+    F(successes);
+    F(failures);
+    F(connections);
+#undef F
+    lua_pushnumber(L, s->latency_ms_total);
+    lua_setfield(L, -2, "latency_ms_total");
+    return 1;
+}
+
+/***
+ * Seconds left on the cached token.
+ * @function Client:token_ttl
+ * @treturn number|nil nil when no token is cached
+ */
+static int m_token_ttl(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    double ttl = cxone_http_token_ttl(c->h);
+    if (ttl < 0) lua_pushnil(L);
+    else lua_pushnumber(L, ttl);
+    return 1;
+}
+
+/***
+ * Closes the client: frees the libcurl handles and wipes the credentials and the token.
+ * Idempotent; also __gc and __close.
+ * @function Client:close
+ */
+static int m_close(lua_State *L)
+{
+    client_t *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (c->h) {
+        cxone_xfer_reset(&c->one);
+        cxone_http_free(c->h);
+        c->h = NULL;
+    }
+    return 0;
+}
+
+static int m_tostring(lua_State *L)
+{
+    client_t *c = luaL_checkudata(L, 1, CLIENT_MT);
+    if (!c->h) {
+        lua_pushliteral(L, "cxone.Client (closed)");
+        return 1;
+    }
+    double ttl = cxone_http_token_ttl(c->h);
+    if (ttl < 0)
+        lua_pushfstring(L, "cxone.Client (client_id=%s, no token)", c->h->client_id);
+    else
+        lua_pushfstring(L, "cxone.Client (client_id=%s, token valid %d s)", c->h->client_id, (int)ttl);
+    return 1;
+}
+
+void cxone_client_open(lua_State *L)
+{
+    static const luaL_Reg meth[] = {
+        {"authenticate", m_authenticate},
+        {"get", m_get},
+        {"patch", m_patch},
+        {"put", m_put},
+        {"build", m_build},
+        {"webhook", m_webhook},
+        {"batch", m_batch},
+        {"stats", m_stats},
+        {"token_ttl", m_token_ttl},
+        {"close", m_close},
+        {NULL, NULL},
+    };
+    static const luaL_Reg metameth[] = {
+        {"__gc", m_close},
+        {"__close", m_close},
+        {"__tostring", m_tostring},
+        {NULL, NULL},
+    };
+    luaL_newmetatable(L, CLIENT_MT);
+    luaL_setfuncs(L, metameth, 0);
+    luaL_newlib(L, meth);
+    lua_setfield(L, -2, "__index");
+    lua_pop(L, 1);
+    lua_pushcfunction(L, l_client);
+    lua_setfield(L, -2, "client");
+}

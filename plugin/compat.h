@@ -16,7 +16,7 @@
 #define luaL_pushfail(L) lua_pushnil(L)
 #endif
 
-#if LUA_VERSION_NUM < 503
+#if LUA_VERSION_NUM < 503 && !defined(lua_isinteger)
 /* LuaJIT and 5.1 have no integer subtype: integers are exact in doubles up to 2^53. */
 #define lua_isinteger(L, i) cxone_compat_isinteger((L), (i))
 static inline int cxone_compat_isinteger(lua_State *L, int i)

@@ -172,8 +172,9 @@ static int opt_field(lua_State *L, int idx, const char *field, int type, const c
     lua_getfield(L, idx, field);
     if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
     if (lua_type(L, -1) != type) {
+        /* arguments are evaluated before the push: -1 is still the option's value */
         const char *msg = lua_pushfstring(L, "option '%s' must be %s, got %s", field, tname,
-                                          luaL_typename(L, -2));
+                                          luaL_typename(L, -1));
         luaL_argerror(L, idx, msg);
     }
     return 1;

@@ -211,6 +211,20 @@ static void push_environment_list(lua_State *L, const options *o)
 
 /* ---- the rules ---- */
 
+/* Only identifier-like keys are echoed in messages: anything else might be data. */
+static int echoable_key(lua_State *L, int idx)
+{
+    size_t n;
+    if (lua_type(L, idx) != LUA_TSTRING) return 0;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (n == 0 || n > 40 || (s[0] >= '0' && s[0] <= '9')) return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_')) return 0;
+    }
+    return 1;
+}
+
 static void check_string_field(report *r, int tidx, int uv, const char *field, int required,
                                const char **s, size_t *n)
 {
@@ -298,12 +312,12 @@ static void check_entry(report *r, validator *v, const options *o, int entry, lu
             known = lua_rawequal(L, -1, lua_upvalueindex(uv));
         if (!known) {
             char kpath[128];
-            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) <= 40) {
+            if (echoable_key(L, -1)) {
                 snprintf(kpath, sizeof kpath, "%s.%s", path, lua_tostring(L, -1));
                 VIOLATION(r, "unknown_key", kpath, "%s has an unknown key '%s' (allowed: name, value, masked, description)",
                           path, lua_tostring(L, -1));
             } else {
-                VIOLATION(r, "unknown_key", path, "%s has an unknown %s key (allowed: name, value, masked, description)",
+                VIOLATION(r, "unknown_key", path, "%s has an unknown key of type %s (allowed: name, value, masked, description)",
                           path, luaL_typename(L, -1));
             }
         }
@@ -405,11 +419,11 @@ static int l_validate(lua_State *L)
                     || lua_rawequal(L, -1, lua_upvalueindex(UV_ENVIRONMENT_ID))
                     || lua_rawequal(L, -1, lua_upvalueindex(UV_ACTION_ID));
         if (!known) {
-            if (lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) <= 40)
+            if (echoable_key(L, -1))
                 VIOLATION(&r, "unknown_key", lua_tostring(L, -1),
                           "unknown key '%s' (allowed: variables, environmentId, actionId)", lua_tostring(L, -1));
             else
-                VIOLATION(&r, "unknown_key", "", "unknown %s key (allowed: variables, environmentId, actionId)",
+                VIOLATION(&r, "unknown_key", "", "unknown key of type %s (allowed: variables, environmentId, actionId)",
                           luaL_typename(L, -1));
         }
     }
@@ -525,7 +539,7 @@ static pcre2_code *compile(lua_State *L, const char *pattern, int *jit)
 {
     int errcode;
     PCRE2_SIZE offset;
-    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_NO_UTF_CHECK,
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, PCRE2_DOLLAR_ENDONLY,
                                    &errcode, &offset, NULL);
     if (!re) {
         PCRE2_UCHAR msg[256];

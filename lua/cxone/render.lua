@@ -1,0 +1,40 @@
+--- Small text helpers shared by the readable renderings (drift reports, plans, the CLI).
+-- @module cxone.render
+
+local M = {}
+
+--- Quotes a plain value for display: printable text in double quotes, control characters and
+-- invalid bytes escaped, long values shortened.
+function M.quote(s, max)
+    if s == nil then return "(absent)" end
+    s = tostring(s)
+    max = max or 60
+    local cut = #s > max
+    if cut then s = s:sub(1, max) end
+    s = s:gsub('[%c"\\]', function(c)
+        if c == '"' then return '\\"' elseif c == "\\" then return "\\\\"
+        elseif c == "\n" then return "\\n" elseif c == "\t" then return "\\t" end
+        return ("\\x%02x"):format(c:byte())
+    end)
+    return '"' .. s .. '"' .. (cut and "…" or "")
+end
+
+--- Pads s with spaces to width (counting UTF-8 characters, not bytes).
+function M.pad(s, width)
+    local n = 0
+    for _ in s:gmatch("[^\128-\191]") do n = n + 1 end
+    if n >= width then return s end
+    return s .. (" "):rep(width - n)
+end
+
+--- Colours: only when asked for (the CLI decides: a terminal and no NO_COLOR).
+local CODES = { red = 31, green = 32, yellow = 33, blue = 34, magenta = 35, cyan = 36, bold = 1, dim = 2 }
+
+function M.painter(enabled)
+    if not enabled then return function(_, s) return s end end
+    return function(color, s)
+        return ("\27[%dm%s\27[0m"):format(CODES[color] or 0, s)
+    end
+end
+
+return M

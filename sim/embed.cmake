@@ -1,0 +1,13 @@
+# Turns sim.lua and demo_state.json into C byte arrays (run with cmake -P at build time).
+function(embed_file var path out)
+    file(READ ${path} hex HEX)
+    string(LENGTH "${hex}" n)
+    math(EXPR len "${n} / 2")
+    string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," bytes "${hex}")
+    string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)" "\\1\n" bytes "${bytes}")
+    file(APPEND ${out} "static const unsigned char ${var}[] = {\n${bytes}0x00};\nstatic const size_t ${var}_len = ${len};\n")
+endfunction()
+file(WRITE ${OUT}.tmp "/* Generated from sim.lua and demo_state.json by embed.cmake; do not edit. */\n")
+embed_file(sim_lua ${LUA_SRC} ${OUT}.tmp)
+embed_file(sim_demo_state ${DEMO_SRC} ${OUT}.tmp)
+file(RENAME ${OUT}.tmp ${OUT})

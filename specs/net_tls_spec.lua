@@ -1,0 +1,90 @@
+-- cxone.Client over HTTPS: a test CA made here with the openssl CLI, verification always on.
+local core = require "cxone.core"
+local simlib = require "support.sim"
+local D = simlib.DEMO
+local sh = simlib.shquote
+
+local function run(cmd)
+    local ok = os.execute(cmd .. " >/dev/null 2>&1")
+    assert(ok == true or ok == 0, "failed: " .. cmd)
+end
+
+describe("cxone.Client TLS", function()
+    local dir, sim
+    setup(function()
+        local p = io.popen("mktemp -d")
+        dir = p:read("*l")
+        p:close()
+        local function f(name) return sh(dir .. "/" .. name) end
+        local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+        run("openssl req -x509 " .. ec .. " -keyout " .. f("ca.key") .. " -out " .. f("ca.pem")
+            .. " -days 2 -subj '/CN=cxone-overrides test CA'"
+            .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+        run("openssl req " .. ec .. " -keyout " .. f("srv.key") .. " -out " .. f("srv.csr") .. " -subj '/CN=127.0.0.1'")
+        local ext = assert(io.open(dir .. "/ext.cnf", "w"))
+        ext:write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+        ext:close()
+        run("openssl x509 -req -in " .. f("srv.csr") .. " -CA " .. f("ca.pem") .. " -CAkey " .. f("ca.key")
+            .. " -CAcreateserial -out " .. f("srv.pem") .. " -days 2 -extfile " .. f("ext.cnf"))
+        sim = simlib.start{ args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
+    end)
+    teardown(function()
+        if sim then sim:stop() end
+        if dir then os.execute("rm -rf " .. sh(dir)) end
+    end)
+
+    it("the sim serves https", function()
+        assert.matches("^https://127%.0%.0%.1:%d+$", sim.url)
+    end)
+
+    it("works with ca_file naming the test CA, over one connection", function()
+        local c = assert(core.client{ base_url = sim.url, client_id = D.client_id,
+                                      client_secret = D.client_secret, ca_file = dir .. "/ca.pem" })
+        assert.is_true(c:authenticate())
+        for _ = 1, 20 do
+            local r, meta = c:get(D.actions[1], "dev")
+            assert.is_table(r, meta)
+            assert.equals(200, meta.status)
+        end
+        assert.is_table((c:build(D.actions[1])))
+        local st = c:stats()
+        assert.equals(1, st.connections)
+        assert.equals(1, st.token_requests)
+        local res = c:batch({ { op = "get", action = D.actions[1], env = "dev" },
+                              { op = "get", action = D.actions[2], env = "dev" },
+                              { op = "get", action = D.actions[3], env = "dev" } })
+        for _, e in ipairs(res) do assert.is_true(e.ok) end
+    end)
+
+    it("fails with tls without it (the system CA bundle does not know the test CA)", function()
+        local c = assert(core.client{ base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret })
+        local ok, msg, code = c:authenticate()
+        assert.is_nil(ok)
+        assert.equals("tls", code)
+        assert.matches("ca_file", msg, 1, true)
+        assert.equals(1, c:stats().token_requests) -- certificate failures are not retried
+        local r, _, code2 = c:get(D.actions[1], "dev")
+        assert.is_nil(r)
+        assert.equals("tls", code2)
+    end)
+
+    it("fails with tls when the name does not match the certificate", function()
+        -- the certificate names only IP 127.0.0.1; "localhost" reaches the same listener
+        local url = sim.url:gsub("127%.0%.0%.1", "localhost")
+        local c = assert(core.client{ base_url = url, client_id = D.client_id, client_secret = D.client_secret,
+                                      ca_file = dir .. "/ca.pem", retries = 0, connect_timeout = 2 })
+        local ok, _, code = c:authenticate()
+        assert.is_nil(ok)
+        assert.equals("tls", code)
+    end)
+
+    it("webhooks over https verify the certificate too", function()
+        local c = assert(core.client{ base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret })
+        local ok, _, code = c:webhook(sim.url .. "/_sim/webhooks/tls", { e = 1 })
+        assert.is_nil(ok)
+        assert.equals("tls", code)
+        local c2 = assert(core.client{ base_url = sim.url, client_id = D.client_id,
+                                       client_secret = D.client_secret, ca_file = dir .. "/ca.pem" })
+        assert.is_true((c2:webhook(sim.url .. "/_sim/webhooks/tls", { e = 1 })))
+    end)
+end)
