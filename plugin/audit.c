@@ -208,7 +208,8 @@ static int audit_close_fd(audit *a)
 static int l_audit_open(lua_State *L)
 {
     size_t plen;
-    const char *path = luaL_checklstring(L, 1, &plen);
+    luaL_checktype(L, 1, LUA_TSTRING);
+    const char *path = lua_tolstring(L, 1, &plen);
     if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
     const char *sync = cxone_opt_string(L, 2, "sync", "close", NULL);
     int mode;

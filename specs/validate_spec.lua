@@ -263,7 +263,7 @@ describe("validate", function()
             for i = 1, 2000 do junk[i] = string.char(i % 256) end
             local p = {
                 actionId = { cyc }, environmentId = deep,
-                variables = { cyc, deep, { name = table.concat(junk), value = ("\255"):rep(1 << 20), masked = false },
+                variables = { cyc, deep, { name = table.concat(junk), value = ("\255"):rep(1048576), masked = false },
                     { [cyc] = 1, [1.5] = 2, [true] = 3 }, function() end, coroutine.create(function() end) },
             }
             p[p] = p
