@@ -1,6 +1,7 @@
 -- Benchmarks of the offline half: validate throughput through the Lua API on 50-variable
 -- payloads, and audit appends per second (sync on close vs every record). Medians of 5 runs.
 local core = require("cxone.core")
+local now = require("support.sim").now
 
 local function median(t)
     table.sort(t)
@@ -40,14 +41,14 @@ local function appends(sync, n)
     for r = 1, 3 do
         local path = ("%s/%s-%d.jsonl"):format(dir, sync, r)
         local a = assert(core.audit_open(path, { sync = sync }))
-        local wall0 = io.popen("date +%s.%N"):read("*l")
+        local wall0 = now()
         for i = 1, n do
             assert(a:append({ event = "apply", action_id = "a1b2c3d4-e5f6-4890-abcd-ef1234567890", environment = "prod",
                 variables = { "A", "B", "C" }, drift_count = i % 3, latency_ms = 3.2, status = "success" }))
         end
         assert(a:close())
-        local wall1 = io.popen("date +%s.%N"):read("*l")
-        rates[#rates + 1] = n / (tonumber(wall1) - tonumber(wall0))
+        local wall1 = now()
+        rates[#rates + 1] = n / (wall1 - wall0)
     end
     return median(rates)
 end

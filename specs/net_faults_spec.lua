@@ -6,12 +6,7 @@ local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 local VARS = "/api/v2/integration/actions/*/environments/*/variables"
 
-local function now()
-    local p = io.popen("date +%s.%N")
-    local t = tonumber(p:read("*l"))
-    p:close()
-    return t
-end
+local now = simlib.now
 
 describe("cxone.Client faults", function()
     local sim

@@ -90,6 +90,14 @@ end
 function Sim:stats() return self:get_json("/_sim/stats") end
 function Sim:state() return self:get_json("/_sim/state") end
 
+--- Wall-clock seconds with sub-second precision (os.time is whole seconds, os.clock is CPU).
+function M.now()
+    local p = io.popen("date +%s.%N")
+    local t = tonumber(p:read("*l"))
+    p:close()
+    return t
+end
+
 -- Demo credentials built into the simulator.
 M.DEMO = {
     client_id = "demo-client",
