@@ -1,0 +1,290 @@
+-- The cxone command line (bin/cxone), always run as a child `lua5.4 bin/cxone ...` process:
+-- exit codes, --help, --json, refusing to apply without a terminal or --yes, the 100-action
+-- playbook against a generated sim state, and scripts/demo.sh end to end.
+-- Lua 5.1-compatible (the spec itself also runs under LuaJIT and 5.3).
+local json = require("cjson.safe")
+local simlib = require("support.sim")
+local D = simlib.DEMO
+local A1 = D.actions[1]
+local q = simlib.shquote
+
+local function capture(cmd)
+    local p = assert(io.popen(cmd, "r"))
+    local s = p:read("*a")
+    p:close()
+    return s
+end
+
+local ROOT
+do
+    local src = debug.getinfo(1, "S").source:gsub("^@", "")
+    ROOT = src:match("^(.*)/specs/[^/]*$") or "."
+    if ROOT:sub(1, 1) ~= "/" then ROOT = capture("pwd"):gsub("%s+$", "") .. "/" .. ROOT end
+end
+
+local function tmpdir() return (capture("mktemp -d"):gsub("%s+$", "")) end
+
+local function read_file(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+local function write_file(path, s)
+    local f = assert(io.open(path, "wb"))
+    f:write(s)
+    f:close()
+end
+
+-- Runs `lua5.4 bin/cxone ARGS` with env (a map; false unsets); returns code, stdout, stderr.
+local function cxone(args, env, stdin)
+    local dir = tmpdir()
+    local parts, sets = { "env" }, {}
+    for k, v in pairs(env or {}) do -- env wants its -u options before the assignments
+        if v == false then parts[#parts + 1] = "-u " .. k else sets[#sets + 1] = q(k .. "=" .. v) end
+    end
+    for _, s in ipairs(sets) do parts[#parts + 1] = s end
+    parts[#parts + 1] = "lua5.4 " .. q(ROOT .. "/bin/cxone")
+    for _, a in ipairs(args) do parts[#parts + 1] = q(a) end
+    local cmd = table.concat(parts, " ") .. " <" .. q(stdin or "/dev/null") .. " >" .. q(dir .. "/out")
+        .. " 2>" .. q(dir .. "/err") .. "; echo $?"
+    local code = tonumber((capture(cmd):match("(%d+)")))
+    local out, err = read_file(dir .. "/out"), read_file(dir .. "/err")
+    os.execute("rm -rf " .. q(dir))
+    return code, out, err
+end
+
+local function sim_env(sim, dir)
+    return {
+        CXONE_BASE_URL = sim.url, CXONE_CLIENT_ID = D.client_id, CXONE_CLIENT_SECRET = D.client_secret,
+        CXONE_AUDIT_LOG = dir .. "/audit.jsonl", CXONE_TOKEN_URL = false, CXONE_ACCESS_KEY_ID = false,
+        CXONE_ACCESS_KEY_SECRET = false, CXONE_WEBHOOK_URL = false, CXONE_CA_FILE = false, NO_COLOR = "1",
+    }
+end
+
+local PLAIN_BOOK = ([[
+return {
+    { action = %q, tier = "development", variables = { CLI_FLAG = "on", LOG_LEVEL = "debug" } },
+    { action = %q, tier = "staging", baseline = "development", variables = { CLI_FLAG = "on" } },
+}
+]]):format(A1, A1)
+
+describe("cxone CLI", function()
+    local sim, dir, env
+    setup(function()
+        sim = simlib.start()
+        dir = tmpdir()
+        env = sim_env(sim, dir)
+        write_file(dir .. "/plain.lua", PLAIN_BOOK)
+    end)
+    teardown(function()
+        sim:stop()
+        os.execute("rm -rf " .. q(dir))
+    end)
+    before_each(function()
+        assert.equals(200, (sim:post_json("/_sim/reset", {})))
+        os.remove(dir .. "/audit.jsonl")
+    end)
+
+    it("--help works for every command (exit 0, usage on stdout)", function()
+        for _, c in ipairs{ "plan", "apply", "validate", "drift", "vars", "audit", "repl" } do
+            local code, out = cxone({ c, "--help" })
+            assert.equals(0, code, c)
+            assert.matches("usage: cxone " .. c, out, 1, true)
+        end
+        local code, out = cxone({ "--help" })
+        assert.equals(0, code)
+        assert.matches("commands:", out, 1, true)
+        code, _, err = cxone({ "frobnicate" })
+        assert.equals(1, code)
+        assert.matches("unknown command", err, 1, true)
+    end)
+
+    it("a missing setting is an error naming the environment variable", function()
+        local e = sim_env(sim, dir)
+        e.CXONE_BASE_URL = false
+        local code, out, err = cxone({ "vars", A1, "dev" }, e)
+        assert.equals(1, code)
+        assert.equals("", out)
+        assert.matches("CXONE_BASE_URL", err, 1, true)
+    end)
+
+    it("plan exits 2 with changes pending, apply --yes writes, then plan exits 0", function()
+        local before = sim:state()
+        local code, out = cxone({ "plan", dir .. "/plain.lua" }, env)
+        assert.equals(2, code)
+        assert.matches("+ CLI_FLAG", out, 1, true)
+        assert.matches("Plan: 1 to add, 0 to change, 0 to set (masked), 1 unchanged.", out, 1, true)
+        assert.falsy(out:find("\27[", 1, true))
+        assert.same(before, sim:state())
+        code, out = cxone({ "apply", "--yes", dir .. "/plain.lua" }, env)
+        assert.equals(0, code)
+        assert.matches("Promotion: 2 applied, 0 failed, 0 not attempted, 0 unchanged.", out, 1, true)
+        code = cxone({ "plan", dir .. "/plain.lua" }, env)
+        assert.equals(0, code)
+        code, out = cxone({ "audit", "verify", dir .. "/audit.jsonl" }, env)
+        assert.equals(0, code)
+        assert.matches("audit trail intact: 2 records", out, 1, true)
+    end)
+
+    it("apply without a terminal and without --yes refuses and writes nothing", function()
+        local before = sim:state()
+        local code, out, err = cxone({ "apply", dir .. "/plain.lua" }, env)
+        assert.equals(1, code)
+        assert.matches("--yes", err, 1, true)
+        assert.equals("", out)
+        assert.same(before, sim:state())
+        assert.is_nil(read_file(dir .. "/audit.jsonl"))
+    end)
+
+    it("--json output parses (plan, apply, vars, drift, validate, audit)", function()
+        local code, out = cxone({ "plan", "--json", dir .. "/plain.lua" }, env)
+        assert.equals(2, code)
+        local doc = assert(json.decode(out))
+        assert.equals(2, #doc.plans)
+        assert.equals(2, doc.counts.planned)
+        code, out = cxone({ "apply", "--yes", "--json", dir .. "/plain.lua" }, env)
+        assert.equals(0, code)
+        doc = assert(json.decode(out))
+        assert.is_true(doc.ok)
+        assert.equals(2, doc.counts.applied)
+        assert.is_string(doc.steps[1].build_id)
+        assert.is_number(doc.metrics.successes)
+        code, out = cxone({ "vars", "--json", A1, "production" }, env)
+        assert.equals(0, code)
+        doc = assert(json.decode(out))
+        local seen = false
+        for _, v in ipairs(doc.variables) do
+            if v.name == "CRM_API_KEY" then seen = true; assert.equals("***", v.value) end
+        end
+        assert.is_true(seen)
+        assert.falsy(out:find("prd-crm-key", 1, true))
+        code, out = cxone({ "drift", "--json", A1, "staging", "production" }, env)
+        assert.equals(2, code)
+        doc = assert(json.decode(out))
+        assert.is_true(#doc.items >= 3)
+        code, out = cxone({ "audit", "verify", "--json", dir .. "/audit.jsonl" }, env)
+        assert.equals(0, code)
+        assert.is_true(assert(json.decode(out)).ok)
+    end)
+
+    it("drift exits 2 with drift, 1 on error (exit 0: see the 100-action test)", function()
+        local code, out = cxone({ "drift", A1, "staging", "prod" }, env)
+        assert.equals(2, code)
+        assert.matches("TIMEOUT_MS", out, 1, true)
+        local err
+        code, _, err = cxone({ "drift", A1, "staging", "qa" }, env)
+        assert.equals(1, code)
+        assert.matches("unknown tier", err, 1, true)
+    end)
+
+    it("validate lists every violation (exit 1) and accepts a good payload (exit 0)", function()
+        write_file(dir .. "/good.json", json.encode({ actionId = A1, environmentId = "prod",
+            variables = { { name = "A", value = "1", masked = false } } }))
+        write_file(dir .. "/bad.json", '{"actionId":"nope","environmentId":"qa","variables":'
+            .. '[{"name":"bad","value":1}]}')
+        write_file(dir .. "/broken.json", "{not json")
+        local code, out = cxone({ "validate", dir .. "/good.json" }, env)
+        assert.equals(0, code)
+        assert.matches("valid", out, 1, true)
+        code, out = cxone({ "validate", "--json", dir .. "/bad.json" }, env)
+        assert.equals(1, code)
+        local doc = assert(json.decode(out))
+        assert.is_false(doc.valid)
+        assert.is_true(#doc.violations >= 4)
+        code = cxone({ "validate", dir .. "/broken.json" }, env)
+        assert.equals(1, code)
+        code = cxone({ "validate", dir .. "/missing.json" }, env)
+        assert.equals(1, code)
+    end)
+
+    it("audit verify exits 1 on a tampered trail", function()
+        assert.equals(0, (cxone({ "apply", "--yes", dir .. "/plain.lua" }, env)))
+        local text = read_file(dir .. "/audit.jsonl")
+        write_file(dir .. "/tampered.jsonl", (text:gsub("CLI_FLAG", "CLI_FLAX", 1)))
+        local code, _, err = cxone({ "audit", "verify", dir .. "/tampered.jsonl" }, env)
+        assert.equals(1, code)
+        assert.matches("BROKEN", err, 1, true)
+    end)
+
+    it("a playbook that fails preflight exits 1 and writes nothing", function()
+        write_file(dir .. "/badbook.lua", ("return { { action = %q, tier = 'prod', variables = { x = '1' } } }"):format(A1))
+        local before = sim:state()
+        local code, _, err = cxone({ "apply", "--yes", dir .. "/badbook.lua" }, env)
+        assert.equals(1, code)
+        assert.matches("preflight failed", err, 1, true)
+        assert.same(before, sim:state())
+        write_file(dir .. "/syntax.lua", "return {")
+        code, _, err = cxone({ "plan", dir .. "/syntax.lua" }, env)
+        assert.equals(1, code)
+        assert.matches("cannot load playbook", err, 1, true)
+    end)
+
+    describe("examples/promote-many.lua against 100 actions", function()
+        local many
+        setup(function()
+            local actions = {}
+            for i = 1, 100 do
+                actions[i] = { id = ("%08x-0000-4000-8000-%012x"):format(i, i), name = "many-" .. i,
+                    environments = {
+                        staging = { variables = { { name = "RELEASE", value = "2026.10", masked = false } } },
+                        prod = { variables = { { name = "RELEASE", value = "2026.09", masked = false } } },
+                    } }
+            end
+            local state = { format = "cxone-sim-state/1",
+                clients = { { client_id = D.client_id, client_secret = D.client_secret,
+                    scopes = { "integration:actions:read", "integration:actions:write", "integration:actions:admin" } } },
+                actions = actions }
+            write_file(dir .. "/many-state.json", json.encode(state))
+            many = simlib.start({ args = { "--state", dir .. "/many-state.json" } })
+        end)
+        teardown(function() many:stop() end)
+
+        it("applies all 100 in parallel, then finds nothing to change", function()
+            local e = sim_env(many, dir)
+            e.CXONE_AUDIT_LOG = dir .. "/many-audit.jsonl"
+            local book = ROOT .. "/examples/promote-many.lua"
+            local code, out = cxone({ "apply", "--yes", "--json", book }, e)
+            assert.equals(0, code)
+            local doc = assert(json.decode(out))
+            assert.equals(100, doc.counts.applied)
+            assert.is_true(doc.metrics.connections > 1) -- in parallel
+            local st = many:state()
+            local n = 0
+            for _, a in ipairs(st.actions) do
+                for _, v in ipairs(a.environments.prod.variables) do
+                    if v.name == "RELEASE" and v.value == "2026.11" then n = n + 1 end
+                end
+            end
+            assert.equals(100, n)
+            code = cxone({ "plan", book }, e)
+            assert.equals(0, code)
+            -- no masked variables here, so a tier compared with itself has no drift
+            local id1 = ("%08x-0000-4000-8000-%012x"):format(1, 1)
+            code, out = cxone({ "drift", id1, "staging", "staging" }, e)
+            assert.equals(0, code)
+            assert.matches("no drift", out, 1, true)
+            code = cxone({ "drift", id1, "staging", "production" }, e)
+            assert.equals(2, code)
+            code, out = cxone({ "audit", "verify", "--json", dir .. "/many-audit.jsonl" }, e)
+            assert.equals(0, code)
+            assert.equals(100, assert(json.decode(out)).report.records)
+        end)
+    end)
+
+    it("scripts/demo.sh runs end to end and exits 0", function()
+        local out = capture("cd " .. q(ROOT) .. " && NO_COLOR=1 sh scripts/demo.sh 2>&1; echo \"__RC=$?\"")
+        assert.matches("__RC=0", out, 1, true)
+        assert.matches("==== 1. PLAN", out, 1, true)
+        assert.matches("(cxone plan exited 2)", out, 1, true)
+        assert.matches("Promotion: 3 applied, 0 failed, 0 not attempted, 0 unchanged.", out, 1, true)
+        assert.matches("CRM_API_KEY          ***  (masked)", out, 1, true)
+        assert.matches("builds queued: 2", out, 1, true)
+        assert.matches("cxone.apply.succeeded", out, 1, true)
+        assert.matches("audit trail intact: 3 records", out, 1, true)
+        assert.matches("DONE: demo finished OK", out, 1, true)
+        assert.falsy(out:find("demo-crm-key-", 1, true)) -- the secret never shows
+    end)
+end)
