@@ -806,6 +806,17 @@ local function reset_runtime()
     buckets = {}
 end
 
+-- Swaps in a whole new state and persists it; on a storage failure the old state stays and
+-- the error answer is returned (nil on success).
+local function replace_state(st)
+    local old = S
+    S = st
+    local ok, perr = persist()
+    if ok then return nil end
+    S = old
+    return err(500, "storage_failed", tostring(perr))
+end
+
 local function sim_route(req, segs)
     local m, n = req.method, #segs
     local function not_allowed(allow)
@@ -822,24 +833,13 @@ local function sim_route(req, segs)
         if m ~= "PUT" then return not_allowed("GET, PUT") end
         local st, e = load_state(req.body or "", "state")
         if not st then return err(400, "invalid_request", e) end
-        local old = S
-        S = st
-        local ok, perr = persist()
-        if not ok then
-            S = old
-            return err(500, "storage_failed", tostring(perr))
-        end
+        local failed = replace_state(st)
+        if failed then return failed end
         return respond(200, { status = "replaced", actions = #S.action_order })
     elseif n == 2 and what == "reset" then
         if m ~= "POST" then return not_allowed("POST") end
-        local st = assert(load_state(initial_text, "initial state"))
-        local old = S
-        S = st
-        local ok, perr = persist()
-        if not ok then
-            S = old
-            return err(500, "storage_failed", tostring(perr))
-        end
+        local failed = replace_state(assert(load_state(initial_text, "initial state")))
+        if failed then return failed end
         reset_runtime()
         return respond(200, { status = "reset" })
     elseif n == 2 and what == "faults" then

@@ -6,12 +6,7 @@ local audit = require("cxone.audit")
 
 local LUA = os.getenv("CXONE_LUA") or "lua5.4"
 
-local function tmpdir()
-    local p = io.popen("mktemp -d")
-    local d = p:read("*l")
-    p:close()
-    return d
-end
+local tmpdir = require("support.sim").tmpdir
 
 local function lines(path)
     local out = {}

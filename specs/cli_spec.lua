@@ -22,21 +22,9 @@ do
     if ROOT:sub(1, 1) ~= "/" then ROOT = capture("pwd"):gsub("%s+$", "") .. "/" .. ROOT end
 end
 
-local function tmpdir() return (capture("mktemp -d"):gsub("%s+$", "")) end
 
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
 
-local function write_file(path, s)
-    local f = assert(io.open(path, "wb"))
-    f:write(s)
-    f:close()
-end
+local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
 
 -- Runs `lua5.4 bin/cxone ARGS` with env (a map; false unsets); returns code, stdout, stderr.
 local function cxone(args, env, stdin)

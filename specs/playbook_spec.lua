@@ -8,20 +8,8 @@ local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 
-local function tmpdir()
-    local p = io.popen("mktemp -d")
-    local d = p:read("*l")
-    p:close()
-    return d
-end
+local tmpdir, read_file = simlib.tmpdir, simlib.read_file
 
-local function read_file(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
 
 local function env_vars(state, action, env)
     for _, a in ipairs(state.actions) do

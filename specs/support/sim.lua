@@ -90,6 +90,29 @@ end
 function Sim:stats() return self:get_json("/_sim/stats") end
 function Sim:state() return self:get_json("/_sim/state") end
 
+--- A fresh temporary directory (the caller removes it).
+function M.tmpdir()
+    local p = io.popen("mktemp -d")
+    local d = p:read("*l")
+    p:close()
+    return d
+end
+
+--- The whole content of a file, or nil when it cannot be opened.
+function M.read_file(path)
+    local f = io.open(path, "rb")
+    if not f then return nil end
+    local s = f:read("*a")
+    f:close()
+    return s
+end
+
+function M.write_file(path, s)
+    local f = assert(io.open(path, "wb"))
+    f:write(s)
+    f:close()
+end
+
 --- Wall-clock seconds with sub-second precision (os.time is whole seconds, os.clock is CPU).
 function M.now()
     local p = io.popen("date +%s.%N")
