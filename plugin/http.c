@@ -631,7 +631,10 @@ static const char *js_skip(const char *p, const char *e, int depth)
     return p > s ? p : NULL;
 }
 
-static int js_field(const char *s, size_t n, const char *key, cxone_buf *str, double *num)
+/* Walks the top-level members of the JSON object text s[0..n) and points *value at the value
+ * of the last member named key. Returns 1 found, 0 absent, -1 not a well-formed object. Keys
+ * are decoded into wiped scratch buffers: the text may hold a token. */
+static int js_member(const char *s, size_t n, const char *key, const char **value)
 {
     const char *p = js_ws(s, s + n), *e = s + n;
     if (p >= e || *p != '{') return -1;
@@ -648,27 +651,37 @@ static int js_field(const char *s, size_t n, const char *key, cxone_buf *str, do
         p = js_ws(p, e);
         if (p >= e || *p != ':') return -1;
         p = js_ws(p + 1, e);
-        if (match && str && p < e && *p == '"') {
-            str->len = 0;
-            p = js_string(p, e, str);
-            if (!p || str->oom) return -1;
+        if (match) {
+            *value = p;
             found = 1;
-        } else if (match && num && p < e && (*p == '-' || (*p >= '0' && *p <= '9'))) {
-            char *endp;
-            *num = strtod(p, &endp);
-            p = js_skip(p, e, 0);
-            if (!p) return -1;
-            found = 1;
-        } else {
-            p = js_skip(p, e, 0);
-            if (!p) return -1;
         }
+        p = js_skip(p, e, 0);
+        if (!p) return -1;
         p = js_ws(p, e);
         if (p >= e) return -1;
         if (*p == '}') return found;
         if (*p != ',') return -1;
         p++;
     }
+}
+
+/* Reads the member key as a string (into str) or a number (into num). */
+static int js_field(const char *s, size_t n, const char *key, cxone_buf *str, double *num)
+{
+    const char *v = NULL, *e = s + n;
+    int rc = js_member(s, n, key, &v);
+    if (rc != 1) return rc;
+    if (str && *v == '"') {
+        str->len = 0;
+        if (!js_string(v, e, str) || str->oom) return -1;
+        return 1;
+    }
+    if (num && (*v == '-' || (*v >= '0' && *v <= '9'))) {
+        char *endp;
+        *num = strtod(v, &endp);
+        return 1;
+    }
+    return 0;
 }
 
 static int token_chars_ok(const char *s, size_t n)
@@ -850,29 +863,10 @@ static int start_attempt(cxone_http *h, cxone_xfer *x, CURL *e, double now)
 /* Does the JSON object text have a top-level `key` whose value starts with `first`? */
 static int js_has(const char *s, size_t n, const char *key, char first)
 {
-    const char *p = js_ws(s, s + n), *e = s + n;
+    const char *p = js_ws(s, s + n), *e = s + n, *v = NULL;
     const char *end = js_skip(p, e, 0);
     if (!end || js_ws(end, e) != e) return 0; /* exactly one JSON value */
-    if (p >= e || *p != '{') return 0;
-    p = js_ws(p + 1, e);
-    if (p < e && *p == '}') return 0;
-    for (;;) {
-        cxone_buf k;
-        cxone_buf_init(&k);
-        p = js_string(js_ws(p, e), e, &k);
-        int match = p && !k.oom && k.len == strlen(key) && memcmp(k.p, key, k.len) == 0;
-        cxone_sbuf_wipe(&k);
-        if (!p) return 0;
-        p = js_ws(p, e);
-        if (p >= e || *p != ':') return 0;
-        p = js_ws(p + 1, e);
-        if (match) return p < e && *p == first;
-        p = js_skip(p, e, 0);
-        if (!p) return 0;
-        p = js_ws(p, e);
-        if (p >= e || *p != ',') return 0;
-        p++;
-    }
+    return js_member(s, n, key, &v) == 1 && *v == first;
 }
 
 static void finish(cxone_http *h, cxone_xfer *x, double now)
