@@ -1,5 +1,5 @@
 -- A cxone playbook promoting 100 actions to production in parallel (16 requests in flight).
--- Plain values only, so a second apply finds nothing to change (masked values are always re-set).
+-- A second apply finds nothing to change.
 -- Format: see examples/promote.lua. The action ids are generated; a cxone-sim state with
 -- these 100 actions is written by specs/playbook_spec.lua (start the sim with --state FILE).
 --

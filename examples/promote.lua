@@ -12,7 +12,8 @@
 --   cxone plan examples/promote.lua         # dry run: exit 0 nothing to do, 2 changes pending
 --   cxone apply --yes examples/promote.lua  # write, queue builds, audit, webhook events
 --
--- Masked values cannot be read back, so a masked variable is always shown as `*` (set).
+-- Masked values cannot be read back from the API; a re-run still plans them as unchanged while
+-- the target's ETag is the one our last write produced (see the masked-value ledger in README).
 local CRM = "a1b2c3d4-e5f6-4890-abcd-ef1234567890" -- crm-lookup in cxone-sim's demo data
 
 local function vars(tier, timeout)

@@ -69,7 +69,7 @@ pretty 'import json,sys
 for l in sys.stdin:
     r=json.loads(l); print("  #%d %s %-11s %-7s vars=%s" % (r["seq"], r["event"], r.get("environment"), r.get("status"), ",".join(r.get("variables",[]))))' <"$CXONE_AUDIT_LOG"
 
-heading "8. RE-RUN PLAN (only the masked secret is re-set: its value cannot be read back)"
+heading "8. RE-RUN PLAN (idempotent: what landed plans as unchanged, the masked secret included)"
 rc=0; $CXONE plan examples/promote.lua >"$TMP/replan.txt" || rc=$?
 tail -n 4 "$TMP/replan.txt"
 

@@ -140,6 +140,36 @@ describe("cxone.client", function()
         assert.falsy(json.encode(ev[1].body):find("super-secret", 1, true))
     end)
 
+    it("re-plans a masked value that landed as unchanged, until someone else writes", function()
+        local log = dir .. "/ledger.jsonl"
+        local SECRET = "ledger-secret-value-1"
+        local step = { action = A3, tier = "production", variables = {
+            SYNC_TOKEN = { value = SECRET, masked = true }, SYNC_MODE = "full" } }
+        local c = new_client(sim, { audit_log = log })
+        assert.equals("applied", assert(c:apply(assert(c:plan(step)))).status)
+        -- the ledger holds fingerprints, never the value
+        local ledger = read_file(log .. ".masked.json")
+        assert.is_string(ledger)
+        assert.falsy(ledger:find(SECRET, 1, true))
+        -- a fresh client (a re-run) sees nothing to change, the secret included
+        local c2 = new_client(sim, { audit_log = log })
+        local again = assert(c2:plan(step))
+        assert.equals(0, again.changes)
+        -- a different secret value is a change
+        local other = { action = A3, tier = "production", variables = {
+            SYNC_TOKEN = { value = SECRET .. "-rotated", masked = true }, SYNC_MODE = "full" } }
+        assert.equals(1, assert(c2:plan(other)).counts.set)
+        -- someone else writes to the environment: the secret can no longer be vouched for
+        local w = assert(core.client({ base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret }))
+        assert(w:patch({ actionId = A3, environmentId = "prod",
+            variables = { { name = "OTHER_FLAG", value = "1", masked = false } } }))
+        w:close()
+        local after = assert(c2:plan(step))
+        assert.equals(1, after.counts.set)
+        assert.equals(1, after.changes)
+        c:close(); c2:close()
+    end)
+
     it("a webhook failure is reported, not fatal", function()
         local c = new_client(sim, { audit_log = dir .. "/hookfail.jsonl", webhook_url = "http://127.0.0.1:1/hook" })
         local plan = assert(c:plan{ action = A3, tier = "prod", variables = { BATCH_SIZE = "250" } })

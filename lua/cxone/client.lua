@@ -9,6 +9,7 @@ local payload = require("cxone.payload")
 local validate = require("cxone.validate")
 local drift = require("cxone.drift")
 local render = require("cxone.render")
+local json = require("cjson.safe").new()
 
 local M = {}
 
@@ -33,6 +34,7 @@ local ENV = {
     access_key_id = "CXONE_ACCESS_KEY_ID", access_key_secret = "CXONE_ACCESS_KEY_SECRET",
     audit_log = "CXONE_AUDIT_LOG", webhook_url = "CXONE_WEBHOOK_URL",
     webhook_secret = "CXONE_WEBHOOK_SECRET", ca_file = "CXONE_CA_FILE",
+    state_file = "CXONE_STATE_FILE",
 }
 local REQUIRED = { "base_url", "client_id", "client_secret" }
 local CORE_OPTS = { "base_url", "token_url", "client_id", "client_secret", "access_key_id",
@@ -80,6 +82,9 @@ function M.new(opts)
         end
     end
     cfg.audit_log = cfg.audit_log or "cxone_audit.jsonl"
+    if cfg.state_file == nil and type(cfg.audit_log) == "string" then
+        cfg.state_file = cfg.audit_log .. ".masked.json"
+    end
     local c = opts.core
     if not c then
         local co = {}
@@ -136,6 +141,66 @@ end
 --- Plans one step: `{action=, tier=, baseline=, variables=}`.
 -- @treturn[1] cxone.Plan
 -- @treturn[2] nil, message (violations text for "invalid"), code
+-- masked-value ledger ---------------------------------------------------------------------------
+-- The API never returns a masked value, so on its own a re-run could not tell whether a secret
+-- already landed. After each write we keep, per action and environment, the ETag the write
+-- produced and a keyed fingerprint (HMAC-SHA-256 with the client secret) of each masked value
+-- we sent. While the environment's ETag is still that one, nobody has written since, so a
+-- masked value whose fingerprint matches is unchanged. Fingerprints are not values: without
+-- the client secret they cannot be checked against guesses.
+
+local function ledger_key(action, env) return action .. "/" .. env end
+
+local function fingerprint(self, action, env, name, value)
+    local key = self.cfg.client_secret or self.cfg.access_key_secret
+    if type(key) ~= "string" or type(value) ~= "string" then return nil end
+    return core.hmac_sha256(key, table.concat({ action, env, name, value }, "\0"))
+end
+
+local function ledger(self)
+    if self.ledger then return self.ledger end
+    self.ledger = {}
+    local path = self.cfg.state_file
+    local f = type(path) == "string" and io.open(path, "rb")
+    if f then
+        local t = json.decode(f:read("*a") or "")
+        f:close()
+        if type(t) == "table" then self.ledger = t end
+    end
+    return self.ledger
+end
+
+local function ledger_save(self)
+    local path = self.cfg.state_file
+    if type(path) ~= "string" or self.dry_run then return end
+    local text = json.encode(self.ledger or {})
+    local tmp = path .. ".tmp"
+    local f = io.open(tmp, "wb")
+    if not (text and f) then return end
+    f:write(text)
+    f:close()
+    os.rename(tmp, path)
+end
+
+-- After a successful write: the new ETag, the fingerprints of what we sent, and those of
+-- earlier writes that this merge left in place (only if nobody wrote in between).
+local function ledger_note(self, plan, etag)
+    if type(etag) ~= "string" then return end
+    local l = ledger(self)
+    local k = ledger_key(plan.action, plan.tier.id)
+    local old = l[k]
+    local fp = {}
+    if old and old.etag == plan.etag and type(old.fp) == "table" then
+        for name, v in pairs(old.fp) do fp[name] = v end
+    end
+    for name, v in pairs(plan.fingerprints or {}) do fp[name] = v end
+    for _, e in ipairs(plan.payload.variables) do
+        if not e.masked then fp[e.name] = nil end
+    end
+    l[k] = { etag = etag, fp = fp }
+    ledger_save(self)
+end
+
 function Client:plan(step)
     if type(step) ~= "table" then
         error("bad argument #1 to 'plan' (table expected, got " .. type(step) .. ")", 2)
@@ -162,18 +227,29 @@ function Client:plan(step)
     if not ok then return nil, tostring(violations), "invalid" end
 
     local current = index_by_name(target.variables)
+    local known = ledger(self)[ledger_key(step.action, tier.id)]
+    if not (known and known.etag == meta.etag and type(known.fp) == "table") then known = nil end
+    local fingerprints = {}
     local items, send = {}, {}
     local counts = { add = 0, change = 0, set = 0, unchanged = 0 }
     local default_desc = "Scoped override for " .. tier.id
     for _, v in ipairs(pl.variables) do
         local cur = current[v.name]
         local kind
+        if v.masked then
+            fingerprints[v.name] = fingerprint(self, step.action, tier.id, v.name, v.value)
+        end
         if not cur then
             kind = "add"
         elseif (cur.masked == true) ~= (v.masked == true) then
             kind = "change"
         elseif v.masked then
-            kind = "set" -- the API never shows a masked value: it cannot be compared
+            -- the API never shows a masked value: unchanged only if our ledger proves it
+            if known and fingerprints[v.name] and known.fp[v.name] == fingerprints[v.name] then
+                kind = "unchanged"
+            else
+                kind = "set"
+            end
         elseif cur.value == v.value then
             kind = "unchanged"
         else
@@ -211,7 +287,7 @@ function Client:plan(step)
 
     return setmetatable({
         action = step.action, tier = tier, baseline = base,
-        etag = meta.etag, items = items, counts = counts,
+        etag = meta.etag, items = items, counts = counts, fingerprints = fingerprints,
         changes = counts.add + counts.change + counts.set,
         drift = report,
         payload = { actionId = step.action, environmentId = tier.id, variables = send },
@@ -335,8 +411,12 @@ local function record(self, plan, run_id, ok, info)
         variables = names, changes = plan.changes, build_id = info.build_id,
         code = (not ok) and info.code or nil,
     })
-    if ok then self.counts.applied = self.counts.applied + 1
-    else self.counts.failed = self.counts.failed + 1 end
+    if ok then
+        self.counts.applied = self.counts.applied + 1
+        ledger_note(self, plan, info.meta and info.meta.etag)
+    else
+        self.counts.failed = self.counts.failed + 1
+    end
     return {
         action = plan.action, tier = plan.tier.name, environment = plan.tier.id,
         status = ok and "applied" or "failed", changes = plan.changes, variables = names,
