@@ -234,10 +234,13 @@ describe("cxone CLI", function()
             local e = sim_env(many, dir)
             e.CXONE_AUDIT_LOG = dir .. "/many-audit.jsonl"
             local book = ROOT .. "/examples/promote-many.lua"
-            local code, out = cxone({ "apply", "--yes", "--json", book }, e)
+            local code, out, err = cxone({ "apply", "--yes", "--json", book }, e)
             assert.equals(0, code)
             local doc = assert(json.decode(out))
             assert.equals(100, doc.counts.applied)
+            -- a run this size reports progress on stderr (one line per phase without a terminal)
+            assert.matches("planned 100/100", err, 1, true)
+            assert.matches("written 100/100", err, 1, true)
             assert.is_true(doc.metrics.connections > 1) -- in parallel
             local st = many:state()
             local n = 0

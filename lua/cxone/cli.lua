@@ -115,6 +115,21 @@ local function load_playbook(path)
     return res
 end
 
+-- A progress line on stderr for runs that cover many steps: rewritten in place on a
+-- terminal, one line per finished phase otherwise. Nil (no progress) for small runs.
+local PROGRESS_MIN = 10
+local function progress_line(total)
+    if total < PROGRESS_MIN then return nil end
+    local tty = is_tty(2)
+    return function(phase, done, n)
+        if tty then
+            io.stderr:write(("\r%s %d/%d"):format(phase, done, n), done == n and "\n" or "")
+        elseif done == n then
+            io.stderr:write(("%s %d/%d\n"):format(phase, done, n))
+        end
+    end
+end
+
 local function run_playbook(ctx, path, dry)
     if not path then
         ctx:err("missing PLAYBOOK.lua (see cxone %s --help)", dry and "plan" or "apply")
@@ -133,7 +148,9 @@ local function run_playbook(ctx, path, dry)
     end
     local c = client(ctx, { dry_run = true })
     if not c then return 1 end
-    local planned = c:promote(book)
+    local book2 = book.steps and book or { steps = book }
+    book2.on_progress = progress_line(#book2.steps)
+    local planned = c:promote(book2)
     if not ctx.json then
         for i = 1, #planned.steps do
             local p = planned.plans[i]
@@ -167,7 +184,6 @@ local function run_playbook(ctx, path, dry)
         end
     end
     c.dry_run = false
-    local book2 = book.steps and book or { steps = book }
     local rep = c:promote(book2)
     if ctx.json then
         local t = rep:totable()

@@ -487,6 +487,8 @@ function Client:promote(spec)
     local concurrency = spec.concurrency or self.cfg.concurrency or 8
     local dry = self.dry_run or spec.dry_run == true
     local run_id = new_run_id()
+    -- on_progress(phase, done, total): "planned" per step, then "written" per wave
+    local progress = type(spec.on_progress) == "function" and spec.on_progress or function() end
     local report = setmetatable({ run_id = run_id, dry_run = dry, steps = {}, plans = {},
         counts = { applied = 0, failed = 0, not_attempted = 0, unchanged = 0, planned = 0 } }, Report)
 
@@ -510,6 +512,7 @@ function Client:promote(spec)
                 entry.status, entry.error, entry.code = "preflight_failed", err, code
             end
         end
+        progress("planned", i, #steps)
         if entry.status == "preflight_failed" then
             errors[#errors + 1] = ("step %d (%s %s): %s"):format(i, tostring(entry.action),
                 tostring(entry.tier), tostring(entry.error))
@@ -552,7 +555,10 @@ function Client:promote(spec)
         table.insert(waves[w], i)
     end
     local stopped = false
+    local written = 0
     for _, wave in ipairs(waves) do
+        written = written + #wave
+        progress("written", written, #pending)
         if stopped then
             for _, i in ipairs(wave) do
                 report.steps[i].status = "not_attempted"
