@@ -359,10 +359,14 @@ local function parse_fault(f, where)
         out.status = f.status
     end
     if f.retry_after ~= nil then
-        if type(f.retry_after) ~= "number" or f.retry_after < 0 then
-            return nil, where .. ".retry_after must be a number >= 0"
+        -- seconds, or a string sent verbatim (an HTTP-date, as RFC 9110 also allows)
+        if type(f.retry_after) == "string" and f.retry_after:match("^[%w ,:]+$") then
+            out.retry_after = f.retry_after
+        elseif type(f.retry_after) ~= "number" or f.retry_after < 0 then
+            return nil, where .. ".retry_after must be a number >= 0 or an HTTP-date"
+        else
+            out.retry_after = math.floor(f.retry_after)
         end
-        out.retry_after = math.floor(f.retry_after)
     end
     return out
 end

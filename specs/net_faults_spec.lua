@@ -43,6 +43,20 @@ describe("cxone.Client faults", function()
         assert.equals(3, st.retries)
     end)
 
+    it("honours a Retry-After given as an HTTP-date", function()
+        local c = client()
+        local when = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 2)
+        sim:fault{ method = "GET", path = VARS, kind = "status", status = 503, retry_after = when, count = 1 }
+        local t0 = now()
+        local r, meta = c:get(A1, "dev")
+        local dt = now() - t0
+        assert.is_table(r, meta)
+        assert.equals(2, meta.attempts)
+        -- the date has whole-second resolution: the wait is between 1 and 2 s, far above backoff
+        assert.is_true(dt >= 0.9, "waited " .. dt .. " s")
+        assert.is_true(dt < 5, "waited " .. dt .. " s")
+    end)
+
     it("retry_after_cap bounds the Retry-After wait", function()
         local c = client{ retry_after_cap = 0.2 }
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 30, count = 2 }
