@@ -31,19 +31,8 @@ function T.eq(got, want, msg)
     end
 end
 
-function T.read(path)
-    local f = io.open(path, "rb")
-    if not f then return nil end
-    local s = f:read("a")
-    f:close()
-    return s
-end
-
-function T.write(path, s)
-    local f = assert(io.open(path, "wb"))
-    f:write(s)
-    f:close()
-end
+-- file helpers shared with the busted specs
+T.read, T.write = simlib.read_file, simlib.write_file
 
 function T.sh(cmd)
     local p = assert(io.popen(cmd, "r"))
