@@ -825,13 +825,7 @@ static int m_batch(lua_State *L)
     }
 
     /* the transfers live in a userdata so that any error below frees them */
-    batch_t *b = lua_newuserdatauv(L, sizeof *b, 0);
-    memset(b, 0, sizeof *b);
-    if (luaL_newmetatable(L, BATCH_MT)) {
-        lua_pushcfunction(L, batch_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
+    batch_t *b = cxone_newudata_gc(L, sizeof *b, BATCH_MT, batch_gc);
     int bidx = lua_gettop(L);
     if (n > 0) {
         b->x = calloc(n, sizeof *b->x);

@@ -38,6 +38,9 @@ void cxone_buf_add(cxone_buf *b, const void *s, size_t n);
 void cxone_buf_addstr(cxone_buf *b, const char *s);
 void cxone_buf_addc(cxone_buf *b, char c);
 void cxone_buf_addf(cxone_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Pushes a zeroed userdata of size bytes whose metatable tname (created on first use) has
+ * gc as __gc: scratch state that must be released even if a Lua error unwinds the call. */
+void *cxone_newudata_gc(lua_State *L, size_t size, const char *tname, lua_CFunction gc);
 /* Pushes a userdata holding an empty buffer whose memory is freed by __gc, and returns it:
  * for code that may raise Lua errors while the buffer is in use. */
 cxone_buf *cxone_buf_push(lua_State *L);

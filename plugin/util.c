@@ -94,15 +94,22 @@ static int buf_gc(lua_State *L)
     return 0;
 }
 
-cxone_buf *cxone_buf_push(lua_State *L)
+void *cxone_newudata_gc(lua_State *L, size_t size, const char *tname, lua_CFunction gc)
 {
-    cxone_buf *b = lua_newuserdatauv(L, sizeof *b, 0);
-    cxone_buf_init(b);
-    if (luaL_newmetatable(L, BUF_MT)) {
-        lua_pushcfunction(L, buf_gc);
+    void *p = lua_newuserdatauv(L, size, 0);
+    memset(p, 0, size);
+    if (luaL_newmetatable(L, tname)) {
+        lua_pushcfunction(L, gc);
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
+    return p;
+}
+
+cxone_buf *cxone_buf_push(lua_State *L)
+{
+    cxone_buf *b = cxone_newudata_gc(L, sizeof *b, BUF_MT, buf_gc);
+    cxone_buf_init(b);
     return b;
 }
 

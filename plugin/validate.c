@@ -553,13 +553,7 @@ static pcre2_code *compile(lua_State *L, const char *pattern, int *jit)
 void cxone_validate_open(lua_State *L)
 {
     /* module table at -1 */
-    validator *v = lua_newuserdatauv(L, sizeof *v, 0);
-    memset(v, 0, sizeof *v);
-    if (luaL_newmetatable(L, VALIDATOR_MT)) {
-        lua_pushcfunction(L, validator_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
+    validator *v = cxone_newudata_gc(L, sizeof *v, VALIDATOR_MT, validator_gc);
     v->jit = 1;
     v->name_re = compile(L, NAME_PATTERN, &v->jit);
     v->uuid_re = compile(L, UUID_PATTERN, &v->jit);

@@ -201,6 +201,17 @@ local function ledger_note(self, plan, etag)
     ledger_save(self)
 end
 
+-- GETs one environment, noting the latency: result, meta or nil, message naming it, code.
+local function fetch(self, action, env)
+    local r, meta, code, fmeta = self.core:get(action, env)
+    if not r then
+        note_latency(self, fmeta)
+        return nil, ("GET %s %s: %s"):format(action, env, tostring(meta)), code
+    end
+    note_latency(self, meta)
+    return r, meta
+end
+
 function Client:plan(step)
     if type(step) ~= "table" then
         error("bad argument #1 to 'plan' (table expected, got " .. type(step) .. ")", 2)
@@ -216,12 +227,8 @@ function Client:plan(step)
         if not base then return nil, err, "invalid" end
     end
     self.counts.plans = self.counts.plans + 1
-    local target, meta, code, meta2 = self.core:get(step.action, tier.id)
-    if not target then
-        note_latency(self, meta2)
-        return nil, ("GET %s %s: %s"):format(step.action, tier.id, tostring(meta)), code
-    end
-    note_latency(self, meta)
+    local target, meta, code = fetch(self, step.action, tier.id)
+    if not target then return nil, meta, code end
     local pl = payload.build(step.action, tier.id, step.variables)
     local ok, violations = validate.check(pl, { tiers = self.tiers, existing = names_of(target.variables) })
     if not ok then return nil, tostring(violations), "invalid" end
@@ -273,12 +280,8 @@ function Client:plan(step)
 
     local report
     if base then
-        local bvars, bmeta, bcode, bmeta2 = self.core:get(step.action, base.id)
-        if not bvars then
-            note_latency(self, bmeta2)
-            return nil, ("GET %s %s: %s"):format(step.action, base.id, tostring(bmeta)), bcode
-        end
-        note_latency(self, bmeta)
+        local bvars, bmsg, bcode = fetch(self, step.action, base.id)
+        if not bvars then return nil, bmsg, bcode end
         local r, derr, dcode = drift.compare(bvars.variables, target.variables,
             { baseline = base.name, target = tier.name, action = step.action })
         if not r then return nil, derr, dcode end
