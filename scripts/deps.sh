@@ -9,6 +9,9 @@ lua5.4 liblua5.4-dev lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev
 lua-cjson lua-cjson-dev lua-compat53-dev lua-busted luarocks
 libcurl4-openssl-dev libpcre2-dev libssl-dev libmicrohttpd-dev
 curl openssl python3 valgrind wrk
+clang libclang-rt-14-dev
+lua-readline lua-posix lua-argparse lua-ldoc man-db groff-base
+nghttp2-proxy nginx-light libnginx-mod-http-lua haproxy
 "
 [ "${1-}" = "--list" ] && { echo $PACKAGES; exit 0; }
 
