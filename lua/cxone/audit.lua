@@ -41,4 +41,23 @@ function M.describe(ok, report_or_msg, _, report)
     return table.concat(lines, "\n")
 end
 
+--- `cxone audit verify FILE...`: ctx is the CLI context (ctx:out, ctx:err, ctx:emit, ctx.json,
+-- ctx.flags); returns the exit status.
+function M.command(ctx, args)
+    if args[1] ~= "verify" or not args[2] then
+        ctx:err("usage: cxone audit verify FILE")
+        return 1
+    end
+    local ok, a, b, c = M.verify(args[2])
+    if ctx.json then
+        local rep = ok and a or c or {}
+        ctx:emit({ ok = ok and true or false, error = (not ok) and a or nil, code = (not ok) and b or nil,
+                   report = rep })
+    else
+        local text = M.describe(ok, a, b, c)
+        if ok then ctx:out(text) else ctx:err("%s", text) end
+    end
+    return ok and 0 or 1
+end
+
 return M

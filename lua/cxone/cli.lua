@@ -292,21 +292,7 @@ function commands.vars(ctx, args)
 end
 
 function commands.audit(ctx, args)
-    if args[1] ~= "verify" or not args[2] then
-        ctx:err("usage: cxone audit verify FILE")
-        return 1
-    end
-    local audit = require("cxone.audit")
-    local ok, a, b, c = audit.verify(args[2])
-    if ctx.json then
-        local rep = ok and a or c or {}
-        ctx:emit({ ok = ok and true or false, error = (not ok) and a or nil, code = (not ok) and b or nil,
-                   report = rep })
-    else
-        local text = audit.describe(ok, a, b, c)
-        if ok then ctx:out(text) else ctx:err("%s", text) end
-    end
-    return ok and 0 or 1
+    return require("cxone.audit").command(ctx, args)
 end
 
 local function root_dir()
@@ -336,25 +322,47 @@ function commands.repl()
     return (r == true or r == 0) and 0 or 1
 end
 
+-- Options: name → true when it takes a value, false for a switch; short forms in ALIAS.
+local FLAGS = { json = false, yes = false, help = false, h = false, y = false,
+                out = true, head = true, after = true, format = true }
+local ALIAS = { h = "help", y = "yes" }
+
 --- Runs the CLI with an argument list; returns the exit status.
 function M.main(argv)
     argv = argv or {}
     local ctx = setmetatable({ flags = {} }, Ctx)
     local cmd = argv[1]
     local args, raw = {}, {}
-    for i = 2, #argv do
+    local i = 2
+    while i <= #argv do
         local a = argv[i]
         raw[#raw + 1] = a
-        if cmd ~= "sim" and (a == "--json" or a == "--yes" or a == "--help" or a == "-h" or a == "-y") then
-            local name = a:gsub("^%-+", "")
-            if name == "h" then name = "help" elseif name == "y" then name = "yes" end
-            ctx.flags[name] = true
-        elseif cmd ~= "sim" and a:sub(1, 2) == "--" then
-            ctx:err("unknown option %s (see cxone %s --help)", a, cmd)
+        local name, inline = a:match("^%-%-([%w-]+)=(.*)$")
+        name = name or a:match("^%-%-([%w-]+)$") or (a:match("^%-(%a)$"))
+        if cmd ~= "sim" and name and FLAGS[name] ~= nil then
+            local key = ALIAS[name] or name
+            if FLAGS[name] then -- takes a value
+                local v = inline
+                if v == nil then
+                    i = i + 1
+                    v = argv[i]
+                    raw[#raw + 1] = v
+                end
+                if v == nil then
+                    ctx:err("option --%s needs a value (see cxone %s --help)", name, tostring(cmd))
+                    return 1
+                end
+                ctx.flags[key] = v
+            else
+                ctx.flags[key] = true
+            end
+        elseif cmd ~= "sim" and a:sub(1, 1) == "-" and #a > 1 then
+            ctx:err("unknown option %s (see cxone %s --help)", a, tostring(cmd))
             return 1
         else
             args[#args + 1] = a
         end
+        i = i + 1
     end
     ctx.json = ctx.flags.json
     local no_color = os.getenv("NO_COLOR")
