@@ -27,6 +27,7 @@ build = {
                 "plugin/audit.c",
                 "plugin/http.c",
                 "plugin/client.c",
+                "plugin/statefile.c",
             },
             defines = { "PCRE2_CODE_UNIT_WIDTH=8", "_GNU_SOURCE" },
             libraries = { "curl", "pcre2-8", "crypto" },
