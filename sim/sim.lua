@@ -17,7 +17,8 @@ local MAX_BUILDS_KEPT = 1000
 local MAX_EVENTS_PER_HOOK = 1000
 local STATE_FORMAT = "cxone-sim-state/1"
 local FAULT_KINDS = { status = true, delay = true, hang = true, reset = true, truncate = true,
-                      not_json = true, expire_tokens = true }
+                      not_json = true, expire_tokens = true, lost_answer = true, echo = true }
+local FAULT_KIND_LIST = "status, delay, hang, reset, truncate, not_json, expire_tokens, lost_answer, echo"
 local JSON_HEADERS = { ["Content-Type"] = "application/json" }
 
 -- Debian's lua-cjson encodes an empty table as {}: empty arrays go out as this marker,
@@ -325,7 +326,7 @@ end
 local function parse_fault(f, where)
     if type(f) ~= "table" or is_array(f) and next(f) ~= nil then return nil, where .. " must be an object" end
     if not FAULT_KINDS[f.kind] then
-        return nil, where .. ".kind must be one of status, delay, hang, reset, truncate, not_json, expire_tokens"
+        return nil, where .. ".kind must be one of " .. FAULT_KIND_LIST
     end
     local out = { kind = f.kind }
     if f.method ~= nil then
@@ -357,6 +358,21 @@ local function parse_fault(f, where)
             return nil, where .. ": kind status needs status between 100 and 599"
         end
         out.status = f.status
+        if f.body ~= nil then
+            if type(f.body) ~= "string" then return nil, where .. ".body must be a string (sent verbatim)" end
+            out.body = f.body
+        end
+        if f.headers ~= nil then
+            if type(f.headers) ~= "table" or is_array(f.headers) and next(f.headers) ~= nil then
+                return nil, where .. ".headers must be an object of strings"
+            end
+            for k, v in pairs(f.headers) do
+                if type(k) ~= "string" or type(v) ~= "string" or not k:match("^[%w-]+$") or v:find("[\r\n%z]") then
+                    return nil, where .. ".headers must map header names to single-line strings"
+                end
+            end
+            out.headers = f.headers
+        end
     end
     if f.retry_after ~= nil then
         -- seconds, or a string sent verbatim (an HTTP-date, as RFC 9110 also allows)
@@ -373,7 +389,7 @@ end
 
 local function fault_view(f)
     return { kind = f.kind, method = f.method, path = f.path, count = f.count, status = f.status,
-             retry_after = f.retry_after, delay_ms = f.delay_ms }
+             retry_after = f.retry_after, delay_ms = f.delay_ms, body = f.body, headers = f.headers }
 end
 
 -- Parses one fault object or {"faults":[...]}; returns a list or nil, message.
@@ -585,7 +601,9 @@ end
 
 local function variables_answer(key, env)
     record(key, 200)
-    return { status = 200, headers = { ["Content-Type"] = "application/json", ETag = env.etag }, body = env.body }
+    local headers = { ["Content-Type"] = "application/json" }
+    if config.etag then headers.ETag = env.etag end
+    return { status = 200, headers = headers, body = env.body }
 end
 
 local function get_variables(req, params, key)
@@ -599,7 +617,7 @@ end
 -- True when the If-Match header (if any) matches the current ETag.
 local function precondition_ok(req, env)
     local im = req.headers["if-match"]
-    if not im then return true end
+    if not im or not config.etag then return true end
     for tag in im:gmatch("[^,]+") do
         tag = tag:match("^%s*(.-)%s*$")
         if tag == "*" or tag == env.etag then return true end
@@ -776,7 +794,14 @@ end
 
 local function apply_fault(f, req, route, params, key)
     local kind = f.kind
-    if kind == "status" then
+    if kind == "status" and f.body then
+        -- a hostile or foreign server: the exact body and headers given, nothing processed
+        record(key, f.status)
+        local headers = { ["Content-Type"] = "application/json" }
+        for k, v in pairs(f.headers or {}) do headers[k] = v end
+        if f.retry_after then headers["Retry-After"] = tostring(f.retry_after) end
+        return { status = f.status, headers = headers, body = f.body }
+    elseif kind == "status" then
         record(key, f.status)
         local code = f.status == 429 and "rate_limited" or f.status >= 500 and "server_error" or "simulated_error"
         local headers = f.retry_after and { ["Retry-After"] = tostring(f.retry_after) } or nil
@@ -796,6 +821,15 @@ local function apply_fault(f, req, route, params, key)
                  body = "<html><body><h1>502 Bad Gateway</h1><p>simulated proxy page</p></body></html>\n" }
     elseif kind == "expire_tokens" then
         tokens = {}
+    elseif kind == "lost_answer" then
+        -- the request takes full effect, then the connection drops before the answer
+        local v = process(req, route, params, key)
+        v.action = "reset"
+        return v
+    elseif kind == "echo" then
+        -- a server that quotes the rejected request back in its error message
+        record(key, 422)
+        return err(422, "invalid_request", "rejected request body: " .. (req.body or ""))
     end
     -- delay and expire_tokens: answer normally.
     return process(req, route, params, key)
@@ -805,6 +839,7 @@ end
 -- /_sim control routes (no auth, no faults, not counted in stats)
 ---------------------------------------------------------------------------------------------
 local function reset_runtime()
+    config.etag = true
     faults = {}
     webhooks = {}
     buckets = {}
@@ -846,6 +881,18 @@ local function sim_route(req, segs)
         if failed then return failed end
         reset_runtime()
         return respond(200, { status = "reset" })
+    elseif n == 2 and what == "config" then
+        -- runtime switches: {"etag": false} plays a server without conditional writes
+        if m == "GET" then return respond(200, { etag = config.etag }) end
+        if m ~= "POST" then return not_allowed("GET, POST") end
+        local doc = json.decode(req.body or "")
+        if not is_object(doc) then return err(400, "invalid_request", "the body must be a JSON object") end
+        for k, v in pairs(doc) do
+            if k ~= "etag" then return err(422, "invalid_request", "unknown setting '" .. tostring(k) .. "'") end
+            if type(v) ~= "boolean" then return err(422, "invalid_request", "etag must be a boolean") end
+        end
+        if doc.etag ~= nil then config.etag = doc.etag end
+        return respond(200, { etag = config.etag })
     elseif n == 2 and what == "faults" then
         if m == "GET" then
             local list = {}
@@ -938,6 +985,7 @@ end
 -- token_ttl, rate_limit.
 function M.init(cfg)
     config.token_ttl = cfg.token_ttl or 3600
+    config.etag = true
     config.rate_limit = cfg.rate_limit or 0
     local text, origin = cfg.demo_text, "built-in demo data"
     if cfg.state_text then text, origin = cfg.state_text, cfg.state_path end
