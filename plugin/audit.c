@@ -254,7 +254,9 @@ static const struct { const char *name; int type; } FIELDS[] = {
     {"tier", F_STRING}, {"variables", F_NAMES}, {"drift_count", F_INTEGER}, {"changes", F_INTEGER},
     {"latency_ms", F_NUMBER}, {"attempts", F_INTEGER}, {"status", F_STRING}, {"error", F_STRING},
     {"code", F_STRING}, {"build_id", F_STRING}, {"etag", F_STRING}, {"dry_run", F_BOOLEAN},
-    {"user", F_STRING}, {NULL, 0},
+    {"user", F_STRING}, {"steps", F_INTEGER}, {"plan", F_STRING}, {"build_status", F_STRING},
+    {"build_code", F_STRING}, {"reconciled", F_BOOLEAN}, {"head", F_STRING}, {"message", F_STRING},
+    {"applied", F_INTEGER}, {"failed", F_INTEGER}, {NULL, 0},
 };
 
 static int field_index(const char *k)

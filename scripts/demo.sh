@@ -39,13 +39,13 @@ heading "cxone-sim running at $URL (demo tenant, 3 Data Actions)"
 echo "Playbook: examples/promote.lua promotes crm-lookup ($CRM)"
 echo "development -> staging -> production with plain values and one masked secret."
 
-heading "1. PLAN (dry run: nothing is written; exit 2 = changes pending)"
-rc=0; $CXONE plan examples/promote.lua || rc=$?
+heading "1. PLAN, saved for review (nothing is written; exit 2 = changes pending; no secret in the file)"
+rc=0; $CXONE plan --out "$TMP/plan.json" examples/promote.lua || rc=$?
 echo "(cxone plan exited $rc)"
 [ "$rc" -eq 2 ] || { echo "demo: expected changes pending" >&2; exit 1; }
 
-heading "2. APPLY (--yes: no prompt; writes with If-Match, queues builds, audits, notifies)"
-$CXONE apply --yes examples/promote.lua
+heading "2. APPLY the reviewed plan, exactly (each write conditional on what the plan saw; builds, audit, webhooks)"
+$CXONE apply "$TMP/plan.json"
 
 heading "3. DRIFT staging -> production after the promotion (exit 2 = drift remains)"
 rc=0; $CXONE drift "$CRM" staging production || rc=$?
@@ -67,7 +67,7 @@ heading "7. AUDIT TRAIL ($CXONE_AUDIT_LOG)"
 $CXONE audit verify "$CXONE_AUDIT_LOG"
 pretty 'import json,sys
 for l in sys.stdin:
-    r=json.loads(l); print("  #%d %s %-11s %-7s vars=%s" % (r["seq"], r["event"], r.get("environment"), r.get("status"), ",".join(r.get("variables",[]))))' <"$CXONE_AUDIT_LOG"
+    r=json.loads(l); print("  #%d %-14s %-11s %-8s vars=%s" % (r["seq"], r["event"], r.get("environment") or "-", r.get("status"), ",".join(r.get("variables",[]))))' <"$CXONE_AUDIT_LOG"
 
 heading "8. RE-RUN PLAN (idempotent: what landed plans as unchanged, the masked secret included)"
 rc=0; $CXONE plan examples/promote.lua >"$TMP/replan.txt" || rc=$?

@@ -8,49 +8,9 @@ local D = simlib.DEMO
 local A1 = D.actions[1]
 local q = simlib.shquote
 
-local function capture(cmd)
-    local p = assert(io.popen(cmd, "r"))
-    local s = p:read("*a")
-    p:close()
-    return s
-end
-
-local ROOT
-do
-    local src = debug.getinfo(1, "S").source:gsub("^@", "")
-    ROOT = src:match("^(.*)/specs/[^/]*$") or "."
-    if ROOT:sub(1, 1) ~= "/" then ROOT = capture("pwd"):gsub("%s+$", "") .. "/" .. ROOT end
-end
-
-
-
+local capture, ROOT = simlib.capture, simlib.ROOT
 local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
-
--- Runs `lua5.4 bin/cxone ARGS` with env (a map; false unsets); returns code, stdout, stderr.
-local function cxone(args, env, stdin)
-    local dir = tmpdir()
-    local parts, sets = { "env" }, {}
-    for k, v in pairs(env or {}) do -- env wants its -u options before the assignments
-        if v == false then parts[#parts + 1] = "-u " .. k else sets[#sets + 1] = q(k .. "=" .. v) end
-    end
-    for _, s in ipairs(sets) do parts[#parts + 1] = s end
-    parts[#parts + 1] = "lua5.4 " .. q(ROOT .. "/bin/cxone")
-    for _, a in ipairs(args) do parts[#parts + 1] = q(a) end
-    local cmd = table.concat(parts, " ") .. " <" .. q(stdin or "/dev/null") .. " >" .. q(dir .. "/out")
-        .. " 2>" .. q(dir .. "/err") .. "; echo $?"
-    local code = tonumber((capture(cmd):match("(%d+)")))
-    local out, err = read_file(dir .. "/out"), read_file(dir .. "/err")
-    os.execute("rm -rf " .. q(dir))
-    return code, out, err
-end
-
-local function sim_env(sim, dir)
-    return {
-        CXONE_BASE_URL = sim.url, CXONE_CLIENT_ID = D.client_id, CXONE_CLIENT_SECRET = D.client_secret,
-        CXONE_AUDIT_LOG = dir .. "/audit.jsonl", CXONE_TOKEN_URL = false, CXONE_ACCESS_KEY_ID = false,
-        CXONE_ACCESS_KEY_SECRET = false, CXONE_WEBHOOK_URL = false, CXONE_CA_FILE = false, NO_COLOR = "1",
-    }
-end
+local cxone, sim_env = simlib.cxone, simlib.sim_env
 
 local PLAIN_BOOK = ([[
 return {
@@ -77,7 +37,7 @@ describe("cxone CLI", function()
     end)
 
     it("--help works for every command (exit 0, usage on stdout)", function()
-        for _, c in ipairs{ "plan", "apply", "validate", "drift", "vars", "audit", "repl" } do
+        for _, c in ipairs{ "plan", "apply", "validate", "drift", "vars", "audit", "repl", "completion" } do
             local code, out = cxone({ c, "--help" })
             assert.equals(0, code, c)
             assert.matches("usage: cxone " .. c, out, 1, true)
@@ -88,6 +48,61 @@ describe("cxone CLI", function()
         code, _, err = cxone({ "frobnicate" })
         assert.equals(1, code)
         assert.matches("unknown command", err, 1, true)
+    end)
+
+    it("options are checked: unknown ones, missing values, --format choices (exit 1)", function()
+        local code, _, err = cxone({ "plan", "--bogus", "x.lua" })
+        assert.equals(1, code)
+        assert.matches("unknown option '--bogus' (see cxone plan --help)", err, 1, true)
+        code, _, err = cxone({ "audit", "verify", "--head" })
+        assert.equals(1, code)
+        assert.matches("'--head' requires an argument", err, 1, true)
+        code, _, err = cxone({ "drift", "--format", "xml", "a", "b", "c" })
+        assert.equals(1, code)
+        assert.matches("'text', 'json', 'markdown'", err, 1, true)
+    end)
+
+    it("completion bash prints a script bash accepts, completing commands and options", function()
+        local code, out = cxone({ "completion", "bash" })
+        assert.equals(0, code)
+        write_file(dir .. "/complete.bash", out)
+        local got = capture("bash -c " .. q("source " .. q(dir .. "/complete.bash")
+            .. " && complete -p cxone && COMP_WORDS=(cxone pl) COMP_CWORD=1 && _cxone && echo \"${COMPREPLY[*]}\""
+            .. " && COMP_WORDS=(cxone plan --f) COMP_CWORD=2 && _cxone && echo \"${COMPREPLY[*]}\"") .. " 2>&1")
+        assert.matches("%-F _cxone cxone", got)
+        assert.matches("\nplan\n", got, 1, true)
+        assert.matches("--format", got, 1, true)
+        for _, shell in ipairs{ "zsh", "fish" } do
+            code, out = cxone({ "completion", shell })
+            assert.equals(0, code)
+            assert.matches("plan", out, 1, true)
+        end
+    end)
+
+    it("--format markdown: tables for a pull request, masked values as ***", function()
+        -- cells escape what would break a table (values here never hold a pipe: validate refuses it)
+        local render = require("cxone.render")
+        assert.equals("`` a\\|b`c ``", render.md_value("a|b`c"))
+        assert.equals("a\\|b c", render.md_text("a|b\nc"))
+        local canary = "md-canary-secret-42"
+        write_file(dir .. "/md.lua", ([[
+return { { action = %q, tier = "staging", variables = { MD_FLAG = "a b", MD_KEY = { value = %q, masked = true } } } }
+]]):format(A1, canary))
+        local code, out, err = cxone({ "plan", "--format", "markdown", dir .. "/md.lua" }, env)
+        assert.equals(2, code, err)
+        assert.matches("### cxone plan", out, 1, true)
+        assert.matches("| # | Action | Tier | Status | Detail |", out, 1, true)
+        assert.matches("| + | `MD_FLAG` | — | ` a b ` |", out, 1, true)
+        assert.matches("| + | `MD_KEY` | — | `***` |", out, 1, true)
+        assert.falsy((out .. err):find(canary, 1, true))
+        code, out = cxone({ "drift", "--format=markdown", A1, "staging", "production" }, env)
+        assert.equals(2, code)
+        assert.matches("| ~ | `TIMEOUT_MS` | ` 3000 ` | ` 2500 ` | changed |", out, 1, true)
+        code, out = cxone({ "apply", "--yes", "--format", "markdown", dir .. "/md.lua" }, env)
+        assert.equals(0, code)
+        assert.matches("### cxone apply", out, 1, true)
+        assert.matches("Audit trail head: `", out, 1, true)
+        assert.falsy(out:find(canary, 1, true))
     end)
 
     it("a missing setting is an error naming the environment variable", function()
@@ -114,7 +129,7 @@ describe("cxone CLI", function()
         assert.equals(0, code)
         code, out = cxone({ "audit", "verify", dir .. "/audit.jsonl" }, env)
         assert.equals(0, code)
-        assert.matches("audit trail intact: 2 records", out, 1, true)
+        assert.matches("audit trail intact: 4 records", out, 1, true) -- started, 2 steps, finished
     end)
 
     it("apply without a terminal and without --yes refuses and writes nothing", function()
@@ -261,7 +276,7 @@ describe("cxone CLI", function()
             assert.equals(2, code)
             code, out = cxone({ "audit", "verify", "--json", dir .. "/many-audit.jsonl" }, e)
             assert.equals(0, code)
-            assert.equals(100, assert(json.decode(out)).report.records)
+            assert.equals(102, assert(json.decode(out)).report.records) -- started, 100 steps, finished
         end)
     end)
 
@@ -274,7 +289,7 @@ describe("cxone CLI", function()
         assert.matches("CRM_API_KEY          ***  (masked)", out, 1, true)
         assert.matches("builds queued: 2", out, 1, true)
         assert.matches("cxone.apply.succeeded", out, 1, true)
-        assert.matches("audit trail intact: 3 records", out, 1, true)
+        assert.matches("audit trail intact: 5 records", out, 1, true) -- started, 3 steps, finished
         assert.matches("DONE: demo finished OK", out, 1, true)
         assert.falsy(out:find("demo-crm-key-", 1, true)) -- the secret never shows
     end)

@@ -125,13 +125,19 @@ describe("cxone.client", function()
         local text = read_file(log)
         assert.falsy(text:find("super-secret-pay-token", 1, true))
         assert.falsy(text:find('"4"', 1, true))
-        local rec = json.decode(text:match("^[^\n]+"))
+        local recs = {}
+        for line in text:gmatch("[^\n]+") do recs[#recs + 1] = json.decode(line) end
+        assert.equals("apply.started", recs[1].event) -- written before anything else
+        assert.same({ "PAY_TOKEN", "RETRY_LIMIT" }, recs[1].variables)
+        local rec = recs[2]
         assert.equals("apply", rec.event)
         assert.equals("success", rec.status)
         assert.equals(A2, rec.action_id)
         assert.equals("staging", rec.environment)
         assert.same({ "PAY_TOKEN", "RETRY_LIMIT" }, rec.variables)
         assert.equals(r.build_id, rec.build_id)
+        assert.equals("apply.finished", recs[3].event)
+        assert.equals(recs[3].hash, r.head) -- the result carries the trail's head
         -- webhook: signed, names only
         local ev = sim:get_json("/_sim/webhooks/apply").events
         assert.equals(1, #ev)
@@ -269,7 +275,8 @@ describe("cxone.client", function()
         -- the failure is audited too
         local failures = 0
         for line in read_file(log):gmatch("[^\n]+") do
-            if json.decode(line).status == "failure" then failures = failures + 1 end
+            local r = json.decode(line)
+            if r.event == "apply" and r.status == "failure" then failures = failures + 1 end
         end
         assert.equals(1, failures)
         -- re-run after the fault clears: only the two missing steps are written

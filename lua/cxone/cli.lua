@@ -10,28 +10,39 @@ local USAGE = [[
 usage: cxone <command> [options]
 
 commands:
-  plan PLAYBOOK.lua              show what apply would change (exit 0 nothing, 2 changes, 1 error)
+  plan PLAYBOOK.lua [--out F]    show what apply would change (exit 0 nothing, 2 changes, 1 error)
   apply PLAYBOOK.lua [--yes]     apply a playbook (asks first on a terminal; --yes to skip)
+  apply PLAN.json                apply a plan saved by plan --out, exactly
   validate FILE.json             check an override payload (exit 0 valid, 1 invalid)
   drift ACTION BASELINE TARGET   compare two tiers of an action (exit 0 none, 2 drift, 1 error)
   vars ACTION TIER               list an environment's variables (masked values as ***)
   audit verify FILE              verify an audit trail's hash chain
   sim [flags]                    run cxone-sim (flags as the simulator's; --help there)
-  repl                           lua5.4 -i with cxone loaded and `client` built from CXONE_*
+  repl                           explore interactively: `client` built from CXONE_*, help()
+  completion [bash|zsh|fish]     print a shell completion script
 
 options (every command): --help, --json (machine output on stdout)
+  --format text|json|markdown on plan, apply and drift (markdown: tables for a pull-request
+  comment or a CI job summary; --json is --format json)
 settings: CXONE_BASE_URL, CXONE_TOKEN_URL, CXONE_CLIENT_ID, CXONE_CLIENT_SECRET,
   CXONE_ACCESS_KEY_ID, CXONE_ACCESS_KEY_SECRET, CXONE_AUDIT_LOG (default cxone_audit.jsonl),
-  CXONE_WEBHOOK_URL, CXONE_WEBHOOK_SECRET, CXONE_CA_FILE; NO_COLOR disables colour.
+  CXONE_AUDIT_KEY (HMAC key of the trail), CXONE_STATE_FILE, CXONE_WEBHOOK_URL,
+  CXONE_WEBHOOK_SECRET, CXONE_CA_FILE; NO_COLOR disables colour.
 ]]
 
 local HELP = {
-    plan = "usage: cxone plan PLAYBOOK.lua [--json]\n"
+    plan = "usage: cxone plan [--out PLAN.json] PLAYBOOK.lua [--json]\n"
         .. "Plans every step of the playbook (a dry run: nothing is written).\n"
+        .. "--out saves the plan (no secret in it) for `cxone apply PLAN.json`.\n"
         .. "Exit status: 0 nothing to change, 2 changes pending, 1 error.\n",
     apply = "usage: cxone apply PLAYBOOK.lua [--yes] [--json]\n"
-        .. "Plans every step first (any failure: nothing written), then writes.\n"
-        .. "Without a terminal, --yes is required. Exit status: 0 applied (or nothing to do), 1 error.\n",
+        .. "       cxone apply PLAN.json [--json]\n"
+        .. "Plans every step first (any failure: nothing written), shows the plan, asks, and then\n"
+        .. "writes exactly that plan: a step whose target changed meanwhile is a conflict.\n"
+        .. "A saved plan (cxone plan --out) is applied without asking, after checking that the\n"
+        .. "playbook it names still holds the same values.\n"
+        .. "Without a terminal, --yes is required for a playbook.\n"
+        .. "Exit status: 0 applied (or nothing to do), 1 error or conflict.\n",
     validate = "usage: cxone validate FILE.json [--json]\n"
         .. "Validates a payload {actionId, environmentId, variables}; prints every violation.\n"
         .. "Exit status: 0 valid, 1 invalid or unreadable.\n",
@@ -41,7 +52,8 @@ local HELP = {
     audit = "usage: cxone audit verify FILE [--json]\nExit status: 0 intact, 1 broken or unreadable.\n",
     sim = "usage: cxone sim [flags]\nRuns cxone-sim (CXONE_SIM_BIN, or build/lua5.4/sim/cxone-sim"
         .. " next to this tree) with the given flags.\n",
-    repl = "usage: cxone repl\nStarts lua5.4 -i with `cxone` loaded and `client` built from CXONE_*.\n",
+    repl = "usage: cxone repl\nAn interactive Lua session with `cxone` loaded and `client` built from CXONE_*:\n"
+        .. "values print readably, tab completes, history in ~/.cxone_history (CXONE_HISTORY) keeps no secret.\n",
 }
 
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
@@ -85,36 +97,6 @@ local function client(ctx, opts)
     return c
 end
 
--- A playbook is a Lua file returning a list of steps, or {steps = {...}, concurrency = n}.
--- It runs with the standard globals plus `env(name, default)` (os.getenv with a default).
-local function load_playbook(path)
-    local f, err = io.open(path, "r")
-    if not f then return nil, err end
-    local src = f:read("*a")
-    f:close()
-    local env = setmetatable({
-        env = function(name, default)
-            local v = os.getenv(name)
-            if v == nil or v == "" then return default end
-            return v
-        end,
-    }, { __index = _G })
-    local chunk
-    if setfenv then
-        chunk, err = loadstring(src, "@" .. path)
-        if chunk then setfenv(chunk, env) end
-    else
-        chunk, err = load(src, "@" .. path, "t", env)
-    end
-    if not chunk then return nil, err end
-    local ok, res = pcall(chunk)
-    if not ok then return nil, res end
-    if type(res) ~= "table" then
-        return nil, path .. ": a playbook must return a table of steps, got " .. type(res)
-    end
-    return res
-end
-
 -- A progress line on stderr for runs that cover many steps: rewritten in place on a
 -- terminal, one line per finished phase otherwise. Nil (no progress) for small runs.
 local PROGRESS_MIN = 10
@@ -130,12 +112,72 @@ local function progress_line(total)
     end
 end
 
+local function show_plans(ctx, rep)
+    if ctx.json or ctx.markdown then return end
+    for i = 1, #rep.steps do
+        local p = rep.plans[i]
+        if p then ctx:out(p:render({ color = ctx.color })); ctx:out("") end
+    end
+end
+
+local function show_warnings(ctx, c)
+    for _, w in ipairs(c.warnings) do ctx:err("warning: %s", w) end
+    c.warnings = {}
+end
+
+-- Applies a planned report exactly (never planning again) and prints the outcome.
+local function apply_report(ctx, c, rep)
+    local pending = #rep:pending()
+    if pending == 0 then
+        if ctx.json then ctx:emit(rep:totable()) else ctx:out("Nothing to change.") end
+        c:close()
+        return 0
+    end
+    c:apply_all(rep, { on_progress = progress_line(pending) })
+    show_warnings(ctx, c)
+    if ctx.json then
+        local t = rep:totable()
+        t.metrics = c:metrics()
+        ctx:emit(t)
+    elseif ctx.markdown then
+        io.stdout:write(rep:markdown())
+    else
+        ctx:out(rep:render({ color = ctx.color }))
+    end
+    c:close()
+    if not rep.ok then
+        ctx:err("%s", rep.message or "promotion incomplete: re-run to finish the remaining steps")
+        return 1
+    end
+    return 0
+end
+
+-- `cxone apply PLAN.json`: the saved plan, exactly, without asking (it was reviewed).
+local function apply_saved(ctx, path)
+    local c = client(ctx)
+    if not c then return 1 end
+    local rep, err, code = require("cxone.planfile").load(path, c)
+    if not rep then
+        ctx:err("cannot apply %s: %s", path, tostring(err))
+        if ctx.json then ctx:emit({ ok = false, error = tostring(err), code = code }) end
+        return 1
+    end
+    show_plans(ctx, rep)
+    return apply_report(ctx, c, rep)
+end
+
 local function run_playbook(ctx, path, dry)
     if not path then
         ctx:err("missing PLAYBOOK.lua (see cxone %s --help)", dry and "plan" or "apply")
         return 1
     end
-    local book, err = load_playbook(path)
+    local planfile = require("cxone.planfile")
+    if not dry and planfile.is_plan(path) then return apply_saved(ctx, path) end
+    if dry == false and ctx.flags.out then
+        ctx:err("--out belongs to plan: cxone plan --out PLAN.json PLAYBOOK.lua, then cxone apply PLAN.json")
+        return 1
+    end
+    local book, err = require("cxone.playbook").load(path)
     if not book then
         ctx:err("cannot load playbook: %s", tostring(err))
         if ctx.json then ctx:emit({ ok = false, error = tostring(err), code = "invalid" }) end
@@ -146,59 +188,49 @@ local function run_playbook(ctx, path, dry)
         if ctx.json then ctx:emit({ ok = false, error = "confirmation required (--yes)", code = "refused" }) end
         return 1
     end
-    local c = client(ctx, { dry_run = true })
+    local c = client(ctx)
     if not c then return 1 end
-    local book2 = book.steps and book or { steps = book }
-    book2.on_progress = progress_line(#book2.steps)
-    local planned = c:promote(book2)
-    if not ctx.json then
-        for i = 1, #planned.steps do
-            local p = planned.plans[i]
-            if p then ctx:out(p:render({ color = ctx.color })); ctx:out("") end
-        end
-    end
-    if planned.preflight_failed then
-        ctx:err("%s", planned.message)
-        if ctx.json then ctx:emit(planned:totable()) end
+    local rep = c:plan_all({ steps = book.steps, concurrency = book.concurrency,
+                             on_progress = progress_line(#book.steps) })
+    show_warnings(ctx, c)
+    show_plans(ctx, rep)
+    if rep.preflight_failed then
+        ctx:err("%s", rep.message)
+        if ctx.json then ctx:emit(rep:totable()) end
         return 1
     end
-    local pending = planned.counts.planned
+    local pending = #rep:pending()
     if dry then
-        if ctx.json then
-            ctx:emit(planned:totable())
-        else
-            ctx:out(planned:render({ color = ctx.color }))
+        rep.dry_run = true
+        if ctx.flags.out then
+            local digest, serr = planfile.save(ctx.flags.out, rep, { playbook = path, client = c })
+            if not digest then
+                ctx:err("cannot save the plan: %s", tostring(serr))
+                return 1
+            end
+            ctx:err("saved the plan to %s (digest %s); apply it with: cxone apply %s",
+                ctx.flags.out, digest:sub(1, 16), ctx.flags.out)
         end
+        if ctx.json then
+            ctx:emit(rep:totable())
+        elseif ctx.markdown then
+            io.stdout:write(rep:markdown())
+        else
+            ctx:out(rep:render({ color = ctx.color }))
+        end
+        c:close()
         return pending > 0 and 2 or 0
     end
-    if pending == 0 then
-        if ctx.json then ctx:emit(planned:totable()) else ctx:out("Nothing to change.") end
-        return 0
-    end
-    if not ctx.flags.yes then
-        io.stderr:write(("Apply %d step(s) with changes? Type 'yes' to confirm: "):format(pending))
+    if pending > 0 and not ctx.flags.yes then
+        io.stderr:write(("Apply %d step(s) with changes, exactly as shown? Type 'yes' to confirm: "):format(pending))
         local answer = io.stdin:read("*l")
         if answer ~= "yes" then
             ctx:err("not applied")
+            c:close()
             return 1
         end
     end
-    c.dry_run = false
-    local rep = c:promote(book2)
-    if ctx.json then
-        local t = rep:totable()
-        t.metrics = c:metrics()
-        ctx:emit(t)
-    else
-        ctx:out(rep:render({ color = ctx.color }))
-    end
-    if c.audit_error then ctx:err("audit trail: %s", tostring(c.audit_error)) end
-    c:close()
-    if not rep.ok then
-        ctx:err("%s", rep.message or "promotion incomplete: re-run to finish the remaining steps")
-        return 1
-    end
-    return 0
+    return apply_report(ctx, c, rep)
 end
 
 local commands = {}
@@ -251,15 +283,15 @@ function commands.drift(ctx, args)
     end
     local c = client(ctx)
     if not c then return 1 end
-    local b, bm = c:vars(action, base)
-    if not b then ctx:err("%s %s: %s", action, base, tostring(bm)); return 1 end
-    local t, tm = c:vars(action, target)
-    if not t then ctx:err("%s %s: %s", action, target, tostring(tm)); return 1 end
-    local tiers = c.tiers
-    local r, err = require("cxone.drift").compare(b.variables, t.variables,
-        { baseline = tiers:resolve(base).name, target = tiers:resolve(target).name, action = action })
+    local r, err = c:drift(action, base, target)
     if not r then ctx:err("%s", tostring(err)); return 1 end
-    if ctx.json then ctx:emit(r:totable()) else ctx:out(r:render({ color = ctx.color })) end
+    if ctx.json then
+        ctx:emit(r:totable())
+    elseif ctx.markdown then
+        io.stdout:write(r:markdown())
+    else
+        ctx:out(r:render({ color = ctx.color }))
+    end
     return r:count() > 0 and 2 or 0
 end
 
@@ -312,80 +344,115 @@ function commands.sim(ctx, args, raw)
 end
 
 function commands.repl()
-    local root = root_dir()
-    local init = ("package.path=%q..';'..package.path; package.cpath=%q..';'..package.cpath; "
-        .. "cxone=require('cxone'); client,client_err=cxone.client(); "
-        .. "if client then print('cxone '..tostring(cxone._VERSION)..': `client` ready') "
-        .. "else print('cxone: no client: '..tostring(client_err)) end")
-        :format(root .. "/lua/?.lua;" .. root .. "/lua/?/init.lua", root .. "/build/lua5.4/?.so")
-    local r = os.execute("lua5.4 -i -e " .. shquote(init))
-    return (r == true or r == 0) and 0 or 1
+    local c, err = require("cxone.client").new()
+    return require("cxone.repl").main({ client = c, client_error = c == nil and err or nil })
 end
 
--- Options: name → true when it takes a value, false for a switch; short forms in ALIAS.
-local FLAGS = { json = false, yes = false, help = false, h = false, y = false,
-                out = true, head = true, after = true, format = true }
-local ALIAS = { h = "help", y = "yes" }
+-- The command line's grammar, on lua-argparse: commands, their options, and the completion
+-- scripts it generates. Help texts stay ours (USAGE, HELP), so `--help` reads the same.
+local COMMANDS = {
+    plan = { "--out", "--format" }, apply = { "--yes", "--format" }, validate = {},
+    drift = { "--format" }, vars = {}, audit = { "--head", "--after" }, sim = false, repl = {},
+    completion = {},
+}
+local OPTION = {
+    ["--out"] = { "--out", "save the plan for `cxone apply PLAN.json`", arg = "PLAN.json" },
+    ["--format"] = { "--format", "output format", choices = { "text", "json", "markdown" } },
+    ["--yes"] = { "-y --yes", "apply without asking", flag = true },
+    ["--head"] = { "--head", "the hash the trail must end at", arg = "HASH" },
+    ["--after"] = { "--after", "the hash the trail continues from", arg = "HASH" },
+}
+
+local function parser()
+    local argparse = require("argparse")
+    local p = argparse("cxone", "Promote scoped environment-variable overrides of CXone Data Actions.")
+        :add_help(false):command_target("command"):require_command(false)
+    p:flag("-h --help")
+    p:flag("--version")
+    local names = {}
+    for name in pairs(COMMANDS) do names[#names + 1] = name end
+    table.sort(names)
+    for _, name in ipairs(names) do
+        local opts = COMMANDS[name]
+        local c = p:command(name):add_help(false)
+        if opts == false then
+            c:handle_options(false) -- `cxone sim` passes every flag to the simulator
+        else
+            c:flag("-h --help")
+            c:flag("--json")
+            for _, o in ipairs(opts) do
+                local spec = OPTION[o]
+                if spec.flag then
+                    c:flag(spec[1], spec[2])
+                else
+                    local opt = c:option(spec[1], spec[2])
+                    if spec.choices then opt:choices(spec.choices) end
+                    if spec.arg then opt:argname(spec.arg) end
+                end
+            end
+        end
+        c:argument("args"):args("*")
+    end
+    return p
+end
+
+function commands.completion(ctx, args)
+    local shell = args[1] or "bash"
+    local p = parser()
+    local gen = { bash = p.get_bash_complete, zsh = p.get_zsh_complete, fish = p.get_fish_complete }
+    if not gen[shell] then
+        ctx:err("completion: unknown shell %s (bash, zsh or fish)", tostring(shell))
+        return 1
+    end
+    io.stdout:write(gen[shell](p))
+    return 0
+end
+HELP.completion = "usage: cxone completion [bash|zsh|fish]\n"
+    .. "Prints a shell completion script, e.g. `source <(cxone completion bash)`.\n"
 
 --- Runs the CLI with an argument list; returns the exit status.
 function M.main(argv)
     argv = argv or {}
     local ctx = setmetatable({ flags = {} }, Ctx)
-    local cmd = argv[1]
-    local args, raw = {}, {}
-    local i = 2
-    while i <= #argv do
-        local a = argv[i]
-        raw[#raw + 1] = a
-        local name, inline = a:match("^%-%-([%w-]+)=(.*)$")
-        name = name or a:match("^%-%-([%w-]+)$") or (a:match("^%-(%a)$"))
-        if cmd ~= "sim" and name and FLAGS[name] ~= nil then
-            local key = ALIAS[name] or name
-            if FLAGS[name] then -- takes a value
-                local v = inline
-                if v == nil then
-                    i = i + 1
-                    v = argv[i]
-                    raw[#raw + 1] = v
-                end
-                if v == nil then
-                    ctx:err("option --%s needs a value (see cxone %s --help)", name, tostring(cmd))
-                    return 1
-                end
-                ctx.flags[key] = v
-            else
-                ctx.flags[key] = true
-            end
-        elseif cmd ~= "sim" and a:sub(1, 1) == "-" and #a > 1 then
-            ctx:err("unknown option %s (see cxone %s --help)", a, tostring(cmd))
-            return 1
+    local list = {}
+    for i = 1, #argv do list[i] = argv[i] end
+    local cmd = list[1]
+    if cmd == "help" then list[1] = "--help" end
+    local ok, res = parser():pparse(list)
+    if not ok then
+        if cmd and cmd:sub(1, 1) ~= "-" and COMMANDS[cmd] == nil then
+            ctx:err("unknown command %q (see cxone --help)", cmd)
         else
-            args[#args + 1] = a
+            ctx:err("%s (see cxone %s--help)", tostring(res), COMMANDS[cmd] ~= nil and (cmd .. " ") or "")
         end
-        i = i + 1
-    end
-    ctx.json = ctx.flags.json
-    local no_color = os.getenv("NO_COLOR")
-    ctx.color = (no_color == nil or no_color == "") and not ctx.json and is_tty(1)
-    if cmd == nil or cmd == "--help" or cmd == "-h" or cmd == "help" then
-        io.stdout:write(USAGE)
-        return cmd == nil and 1 or 0
-    end
-    if cmd == "--version" then
-        io.stdout:write("cxone ", tostring(require("cxone.core")._VERSION), "\n")
-        return 0
-    end
-    local fn = commands[cmd]
-    if not fn then
-        ctx:err("unknown command %q (see cxone --help)", cmd)
         return 1
     end
+    cmd = res.command
+    if not cmd then
+        if res.version then
+            io.stdout:write("cxone ", tostring(require("cxone.core")._VERSION), "\n")
+            return 0
+        end
+        io.stdout:write(USAGE)
+        return res.help and 0 or 1
+    end
+    local args = res.args or {}
+    local raw = {}
+    for i = 2, #argv do raw[#raw + 1] = argv[i] end
+    for k, v in pairs(res) do
+        if k ~= "args" and k ~= "command" and k ~= cmd then ctx.flags[k] = v end
+    end
+    local format = ctx.flags.format or (ctx.flags.json and "json") or "text"
+    ctx.json = format == "json"
+    ctx.markdown = format == "markdown"
+    local no_color = os.getenv("NO_COLOR")
+    ctx.color = (no_color == nil or no_color == "") and format == "text" and is_tty(1)
     if ctx.flags.help then
         io.stdout:write(HELP[cmd])
         return 0
     end
-    local ok, status = pcall(fn, ctx, args, raw)
-    if not ok then
+    local fok, status = pcall(commands[cmd], ctx, args, raw)
+    if not fok then
         ctx:err("internal error: %s", tostring(status))
         return 1
     end

@@ -106,6 +106,35 @@ end
 
 function Report:__tostring() return self:render() end
 
+local MD_SIDE = function(value, masked)
+    if value == nil then return "(absent)" end
+    if masked then return "`***`" end
+    return render.md_value(value)
+end
+
+--- Renders the report as Markdown (a heading and a table), for pull-request comments and CI
+-- job summaries. Masked values show as `***`.
+function Report:markdown()
+    local heading = ("Drift %s → %s"):format(tostring(self.baseline or "baseline"), tostring(self.target or "target"))
+    if self.action then heading = heading .. " (`" .. tostring(self.action) .. "`)" end
+    local lines = { "#### " .. heading, "" }
+    if #self.items == 0 then
+        lines[#lines + 1] = "No drift."
+        return table.concat(lines, "\n") .. "\n"
+    end
+    lines[#lines + 1] = "| | Variable | " .. render.md_text(self.baseline or "baseline") .. " | "
+        .. render.md_text(self.target or "target") .. " | Drift |"
+    lines[#lines + 1] = "|---|---|---|---|---|"
+    for _, it in ipairs(self.items) do
+        local t = it.drift_type
+        local b, tv = MD_SIDE(it.baseline, it.baseline_masked), MD_SIDE(it.target, it.target_masked)
+        if t == "unverifiable" then b, tv = "`***`", "`***`" end
+        lines[#lines + 1] = ("| %s | `%s` | %s | %s | %s |"):format(SYMBOL[t], render.md_text(it.variable),
+            b, tv, LABEL[t])
+    end
+    return table.concat(lines, "\n") .. "\n"
+end
+
 --- Plain data for --json output.
 function Report:totable()
     return { baseline = self.baseline, target = self.target, action = self.action, items = self.items }

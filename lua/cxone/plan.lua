@@ -1,18 +1,169 @@
---- Plans: what applying a step would change (see cxone.client's Client:plan).
--- The class lives in cxone.client; this module exposes it and a helper that tells whether a
--- list of plans has anything to write.
+--- Plans: what applying one step would change, and what it expects to find when it writes.
+-- A Plan is made by `client:plan(step)` (or `client:plan_all`); it renders like
+-- `terraform plan` and is applied exactly as made by `client:apply` / `client:apply_all`.
+-- Works under Lua 5.1 (LuaJIT), 5.3 and 5.4.
 -- @module cxone.plan
 
-local client = require("cxone.client")
+local render = require("cxone.render")
 
-local M = { Plan = client.Plan }
+local M = {}
 
---- True when any plan in the list has a change (add, change or masked set).
-function M.pending(plans)
-    for _, p in pairs(plans or {}) do
-        if p.changes and p.changes > 0 then return true end
+local Plan = {}
+Plan.__index = Plan
+Plan.__name = "cxone.Plan"
+M.Plan = Plan
+
+--- Wraps a plan table in the class. Fields: action, tier ({name, id, build}), baseline,
+-- etag (nil when the server gives none), items ({name, kind, masked, old, new}), counts,
+-- changes, drift, payload (what will be written; holds masked values, never serialised),
+-- before (NAME → {present, masked, value}: what each written variable looked like when planned;
+-- masked values never), build_owed ({key}: a build an earlier run owes), fingerprints.
+function M.new(t) return setmetatable(t, Plan) end
+
+--- True when t is a Plan.
+function M.is(t) return getmetatable(t) == Plan end
+
+--- True when applying does anything: a variable to write or a build owed.
+function Plan:pending() return self.changes > 0 or self.build_owed ~= nil end
+
+--- Names of the variables the plan writes (never values).
+function Plan:names()
+    local out = {}
+    for _, it in ipairs(self.items) do
+        if it.kind ~= "unchanged" then out[#out + 1] = it.name end
     end
-    return false
+    return out
+end
+
+local SYM = { add = "+", change = "~", unchanged = "=", set = "*" }
+local COL = { add = "green", change = "yellow", unchanged = "dim", set = "magenta" }
+
+function Plan:summary()
+    local c = self.counts
+    return ("Plan: %d to add, %d to change, %d to set (masked), %d unchanged."):format(
+        c.add, c.change, c.set, c.unchanged)
+end
+
+--- Renders like `terraform plan`; opts.color for ANSI colours, opts.drift = false to leave
+-- drift out.
+function Plan:render(opts)
+    opts = opts or {}
+    local paint = render.painter(opts.color)
+    local lines = {}
+    lines[1] = paint("bold", ("%s → %s (%s)"):format(self.action, self.tier.name, self.tier.id))
+    local width = 0
+    for _, it in ipairs(self.items) do if #it.name > width then width = #it.name end end
+    for _, it in ipairs(self.items) do
+        local detail
+        if it.kind == "add" then
+            detail = it.masked and "***" or render.quote(it.new)
+        elseif it.kind == "set" then
+            detail = "*** (masked; current value not visible)"
+        elseif it.kind == "unchanged" then
+            detail = it.masked and "***" or render.quote(it.new)
+        else
+            local old = it.old_masked and "***" or render.quote(it.old)
+            local new = it.masked and "***" or render.quote(it.new)
+            detail = old .. " → " .. new
+        end
+        lines[#lines + 1] = ("  %s %s  %s"):format(paint(COL[it.kind], SYM[it.kind]),
+            render.pad(it.name, width), detail)
+    end
+    if self.tier.build and self.changes > 0 then
+        lines[#lines + 1] = "  (a build will be queued after applying)"
+    elseif self.build_owed then
+        lines[#lines + 1] = "  (a build an earlier run owes will be queued)"
+    end
+    if self.etag == nil and self.changes > 0 then
+        lines[#lines + 1] = "  (the server sends no ETag: the target is re-read and compared just before writing)"
+    end
+    lines[#lines + 1] = self:summary()
+    if opts.drift ~= false and self.drift then
+        lines[#lines + 1] = self.drift:render({ color = opts.color })
+    end
+    return table.concat(lines, "\n")
+end
+
+function Plan:__tostring() return self:render() end
+
+--- Renders the plan as Markdown (a heading and a table of variables); masked values as `***`.
+function Plan:markdown()
+    local lines = { ("#### `%s` → %s (`%s`)"):format(self.action, self.tier.name, self.tier.id), "" }
+    lines[#lines + 1] = "| | Variable | Current | Planned |"
+    lines[#lines + 1] = "|---|---|---|---|"
+    for _, it in ipairs(self.items) do
+        local old, new
+        if it.kind == "add" then old = "—"
+        elseif it.kind == "set" then old = "`***` (not visible)"
+        else old = it.old_masked and "`***`" or render.md_value(it.old) end
+        new = it.masked and "`***`" or render.md_value(it.new)
+        if it.kind == "unchanged" then old = "" end
+        lines[#lines + 1] = ("| %s | `%s` | %s | %s |"):format(SYM[it.kind] == "*" and "\\*" or SYM[it.kind],
+            render.md_text(it.name), old, new)
+    end
+    lines[#lines + 1] = ""
+    local notes = { self:summary() }
+    if self.tier.build and self.changes > 0 then notes[#notes + 1] = "A build will be queued after applying." end
+    if self.build_owed and self.changes == 0 then notes[#notes + 1] = "A build an earlier run owes will be queued." end
+    lines[#lines + 1] = table.concat(notes, " ")
+    if self.drift and self.drift:count() > 0 then
+        lines[#lines + 1] = ""
+        lines[#lines + 1] = (self.drift:markdown():gsub("\n$", ""))
+    end
+    return table.concat(lines, "\n") .. "\n"
+end
+
+--- Plain data for --json (no masked value, no fingerprint).
+function Plan:totable()
+    local items = {}
+    for i, it in ipairs(self.items) do
+        items[i] = { name = it.name, kind = it.kind, masked = it.masked, old = it.old,
+                     old_masked = it.old_masked, new = it.new }
+    end
+    return {
+        action = self.action, tier = self.tier.name, environment = self.tier.id,
+        baseline = self.baseline and self.baseline.name or nil, etag = self.etag,
+        items = items, counts = self.counts, changes = self.changes,
+        build_owed = self.build_owed and true or nil,
+        drift = self.drift and self.drift:totable() or nil,
+    }
+end
+
+--- Compares the written variables of the plan with a variable list read from the target.
+-- Returns two booleans: `holds` — the target holds exactly what the plan writes (plain values
+-- equal; masked ones present and masked); `visible` — the write is observable at all (some
+-- written variable looked different before), so that `holds` proves the write landed.
+function Plan:compare_written(vars)
+    local by = {}
+    for _, v in ipairs(vars or {}) do if type(v) == "table" and v.name then by[v.name] = v end end
+    local holds, visible = true, false
+    for _, e in ipairs(self.payload.variables) do
+        local cur, before = by[e.name], self.before[e.name] or {}
+        local masked = e.masked == true
+        if not cur or (cur.masked == true) ~= masked or (not masked and cur.value ~= e.value) then
+            holds = false
+        end
+        if not before.present or before.masked ~= masked or (not masked and before.value ~= e.value) then
+            visible = true
+        end
+    end
+    return holds, visible
+end
+
+--- True when the written variables still look as they did when planned (for servers without
+-- ETags): the same presence and masked flag, and the same value for unmasked ones.
+function Plan:unchanged_since(vars)
+    local by = {}
+    for _, v in ipairs(vars or {}) do if type(v) == "table" and v.name then by[v.name] = v end end
+    for _, e in ipairs(self.payload.variables) do
+        local cur, before = by[e.name], self.before[e.name] or {}
+        if (cur ~= nil) ~= (before.present == true) then return false end
+        if cur then
+            if (cur.masked == true) ~= (before.masked == true) then return false end
+            if not before.masked and cur.value ~= before.value then return false end
+        end
+    end
+    return true
 end
 
 return M

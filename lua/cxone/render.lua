@@ -27,6 +27,24 @@ function M.pad(s, width)
     return s .. (" "):rep(width - n)
 end
 
+--- A value as a Markdown code span fit for a table cell (pipes escaped, newlines shown as \n,
+-- long values shortened); nil → an em dash.
+function M.md_value(s, max)
+    if s == nil then return "—" end
+    s = M.quote(s, max):sub(2) -- escaped like quote, without the quotes
+    local tail = s:sub(-4) == '"…' and "…" or ""
+    s = s:sub(1, #s - #tail - 1) .. tail
+    local run = 0
+    for ticks in s:gmatch("`+") do run = math.max(run, #ticks) end
+    local fence = ("`"):rep(run + 1)
+    return ((fence .. " " .. s .. " " .. fence):gsub("|", "\\|"))
+end
+
+--- Plain text fit for a Markdown table cell (pipes escaped, no line breaks).
+function M.md_text(s)
+    return (tostring(s):gsub("[\r\n]+", " "):gsub("|", "\\|"))
+end
+
 --- Colours: only when asked for (the CLI decides: a terminal and no NO_COLOR).
 local CODES = { red = 31, green = 32, yellow = 33, blue = 34, magenta = 35, cyan = 36, bold = 1, dim = 2 }
 

@@ -121,6 +121,74 @@ function M.now()
     return t
 end
 
+--- Runs a shell command and returns its stdout.
+function M.capture(cmd)
+    local p = assert(io.popen(cmd, "r"))
+    local s = p:read("*a")
+    p:close()
+    return s
+end
+
+-- The source tree (specs run from it, but do not assume the working directory).
+do
+    local src = debug.getinfo(1, "S").source:gsub("^@", "")
+    local root = src:match("^(.*)/specs/support/[^/]*$") or "."
+    if root:sub(1, 1) ~= "/" then root = M.capture("pwd"):gsub("%s+$", "") .. "/" .. root end
+    M.ROOT = root
+end
+
+-- Builds `env -u A B=b ... CMD` for a map of variables (false unsets).
+local function with_env(env)
+    local parts, sets = { "env" }, {}
+    for k, v in pairs(env or {}) do -- env wants its -u options before the assignments
+        if v == false then parts[#parts + 1] = "-u " .. k else sets[#sets + 1] = shquote(k .. "=" .. v) end
+    end
+    for _, s in ipairs(sets) do parts[#parts + 1] = s end
+    return table.concat(parts, " ")
+end
+M.with_env = with_env
+
+--- The command line that runs bin/cxone with args.
+function M.cxone_cmd(args)
+    local parts = { "lua5.4 " .. shquote(M.ROOT .. "/bin/cxone") }
+    for _, a in ipairs(args) do parts[#parts + 1] = shquote(a) end
+    return table.concat(parts, " ")
+end
+
+--- Runs `lua5.4 bin/cxone ARGS` with env (a map; false unsets); returns code, stdout, stderr.
+function M.cxone(args, env, stdin)
+    local dir = M.tmpdir()
+    local cmd = with_env(env) .. " " .. M.cxone_cmd(args) .. " <" .. shquote(stdin or "/dev/null")
+        .. " >" .. shquote(dir .. "/out") .. " 2>" .. shquote(dir .. "/err") .. "; echo $?"
+    local code = tonumber((M.capture(cmd):match("(%d+)")))
+    local out, err = M.read_file(dir .. "/out"), M.read_file(dir .. "/err")
+    os.execute("rm -rf " .. shquote(dir))
+    return code, out, err
+end
+
+--- The CXONE_* environment for a CLI run against sim, with the audit trail in dir.
+function M.sim_env(sim, dir)
+    return {
+        CXONE_BASE_URL = sim.url, CXONE_CLIENT_ID = M.DEMO.client_id, CXONE_CLIENT_SECRET = M.DEMO.client_secret,
+        CXONE_AUDIT_LOG = dir .. "/audit.jsonl", CXONE_TOKEN_URL = false, CXONE_ACCESS_KEY_ID = false,
+        CXONE_ACCESS_KEY_SECRET = false, CXONE_WEBHOOK_URL = false, CXONE_CA_FILE = false, NO_COLOR = "1",
+        CXONE_AUDIT_KEY = false, CXONE_STATE_FILE = false, CXONE_DEBUG = false,
+    }
+end
+
+--- The number of API requests the sim answered for one route ("PATCH", "GET", "POST build").
+function Sim:count(which)
+    local routes = {
+        GET = "GET /api/v2/integration/actions/{actionId}/environments/{envId}/variables",
+        PATCH = "PATCH /api/v2/integration/actions/{actionId}/environments/{envId}/variables",
+        BUILD = "POST /api/v2/integration/actions/{actionId}/build",
+    }
+    local r = self:stats().routes[routes[which] or which]
+    local n = 0
+    for _, c in pairs(r or {}) do n = n + c end
+    return n
+end
+
 -- Demo credentials built into the simulator.
 M.DEMO = {
     client_id = "demo-client",

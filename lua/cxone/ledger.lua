@@ -1,0 +1,227 @@
+--- The masked-value ledger: what our own writes left behind, so that re-runs stay idempotent.
+-- The API never returns a masked value. After each write we keep, per action and environment,
+-- the ETag the write produced and a keyed fingerprint (HMAC-SHA-256) of each masked value we
+-- sent; while the environment's ETag is still that one, a masked value whose fingerprint matches
+-- is unchanged. It also remembers builds a run owes (a write landed, its build did not), so the
+-- next run queues them. Fingerprints are not values: without the key they cannot be checked
+-- against guesses.
+--
+-- On disk: a journal of JSON lines under a lock file (cxone.core's state_open): an optional
+-- snapshot line first, then one line per event, each appended durably. Loading folds the lines
+-- in order; a run compacts the journal into one snapshot line when it ends. Appends from
+-- concurrent runs are serialised by the lock, so none is lost.
+-- Works under Lua 5.1 (LuaJIT), 5.3 and 5.4.
+-- @module cxone.ledger
+
+local core = require("cxone.core")
+
+local M = {}
+
+local FORMAT = "cxone-ledger/2"
+
+local Ledger = {}
+Ledger.__index = Ledger
+Ledger.__name = "cxone.Ledger"
+
+local function key(action, env) return action .. "/" .. env end
+M.key = key
+
+local function decode(line)
+    local ok, v = pcall(core.json_decode, line)
+    if ok and type(v) == "table" then return v end
+    return nil
+end
+
+local function copy(t)
+    local out = {}
+    for k, v in pairs(t or {}) do out[k] = v end
+    return out
+end
+
+-- Applies one journal event to the entries.
+local function fold(entries, ev)
+    local k = ev.k
+    if type(k) ~= "string" then return end
+    local cur = entries[k]
+    if ev.op == "write" then
+        local fp = {}
+        if cur and ev.prev ~= nil and cur.etag == ev.prev then fp = copy(cur.fp) end
+        for _, name in ipairs(type(ev.clear) == "table" and ev.clear or {}) do fp[name] = nil end
+        for name, v in pairs(type(ev.fp) == "table" and ev.fp or {}) do fp[name] = v end
+        entries[k] = { etag = ev.etag, fp = fp, build = cur and cur.build or nil }
+    elseif ev.op == "build_owed" then
+        cur = cur or { fp = {} }
+        cur.build = { key = ev.key }
+        entries[k] = cur
+    elseif ev.op == "build_done" then
+        if cur then cur.build = nil end
+    end
+end
+
+-- Parses a journal: a snapshot line and/or event lines. A line that does not parse (a torn
+-- final append) is skipped. A ledger written by an earlier version (one JSON object mapping
+-- "action/env" to {etag, fp}) is read as a snapshot.
+local function parse(text)
+    local entries = {}
+    for line in text:gmatch("[^\n]+") do
+        local v = decode(line)
+        if v then
+            if v.format == FORMAT and type(v.entries) == "table" then
+                for k, e in pairs(v.entries) do
+                    if type(e) == "table" then
+                        entries[k] = { etag = e.etag, fp = type(e.fp) == "table" and e.fp or {}, build = e.build }
+                    end
+                end
+            elseif v.op ~= nil then
+                fold(entries, v)
+            elseif v.format == nil and v.k == nil then
+                for k, e in pairs(v) do
+                    if type(k) == "string" and type(e) == "table" then
+                        entries[k] = { etag = e.etag, fp = type(e.fp) == "table" and e.fp or {} }
+                    end
+                end
+            end
+        end
+    end
+    return entries
+end
+
+--- Opens a ledger for reading (nothing is created: planning needs no write access).
+-- `path` nil or false: kept in memory only (nothing survives the run).
+-- @tparam string|nil path
+-- @treturn[1] cxone.Ledger
+-- @treturn[2] fail (code "io")
+function M.open(path)
+    local self = setmetatable({ entries = {}, path = path or nil, pending = {} }, Ledger)
+    local ok, err, code = self:reload()
+    if not ok then return nil, err, code end
+    return self
+end
+
+--- Prepares the ledger for writing: takes its lock file (created mode 0600 beside it).
+-- @treturn[1] true
+-- @treturn[2] fail (code "io")
+function Ledger:attach()
+    if self.file or not self.path then return true end
+    local file, err, code = core.state_open(self.path)
+    if not file then return nil, err, code end
+    self.file = file
+    return true
+end
+
+--- Reads the journal again (other runs may have appended).
+function Ledger:reload()
+    if not self.path then return true end
+    local text
+    if self.file then
+        local err, code
+        text, err, code = self.file:read()
+        if not text then return nil, err, code end
+    else
+        local f, err, errno = io.open(self.path, "rb")
+        if not f then
+            if errno ~= 2 then return nil, err, "io" end -- ENOENT: no ledger yet
+            text = ""
+        else
+            text = f:read("*a") or ""
+            f:close()
+        end
+    end
+    self.entries = parse(text)
+    return true
+end
+
+--- The entry for an action and environment: `{etag=, fp={NAME=fingerprint}, build={key=}}` or nil.
+function Ledger:get(action, env) return self.entries[key(action, env)] end
+
+-- Records an event: folded in memory at once, written with the next flush.
+function Ledger:_event(ev)
+    fold(self.entries, ev)
+    self.pending[#self.pending + 1] = ev
+end
+
+--- After a write: the ETag it produced (nil when the server gives none), the ETag it was
+-- planned against, the fingerprints of the masked values sent and the names sent unmasked.
+function Ledger:note_write(action, env, info)
+    -- without an ETag nothing can vouch for a masked value later, so none is remembered
+    self:_event({ k = key(action, env), op = "write", prev = info.prev, etag = info.etag,
+                  fp = info.etag and info.fp or {}, clear = info.clear or {} })
+end
+
+--- A build the write needed did not happen: the next run queues it (with this Idempotency-Key).
+function Ledger:note_build_owed(action, env, idem)
+    self:_event({ k = key(action, env), op = "build_owed", key = idem })
+end
+
+--- The owed build happened.
+function Ledger:note_build_done(action, env)
+    local e = self.entries[key(action, env)]
+    if e and e.build then self:_event({ k = key(action, env), op = "build_done" }) end
+end
+
+--- Appends the pending events durably (one write).
+-- @treturn[1] true
+-- @treturn[2] fail (code "io": disk full, ...); the events stay pending
+function Ledger:flush()
+    if not self.path or #self.pending == 0 then
+        self.pending = {}
+        return true
+    end
+    local lines = {}
+    for i, ev in ipairs(self.pending) do
+        local s, err = core.json_encode(ev)
+        if not s then return nil, "cannot encode a ledger event: " .. tostring(err), "io" end
+        lines[i] = s
+    end
+    local ok, err, code = self:attach()
+    if ok then ok, err, code = self.file:append(table.concat(lines, "\n") .. "\n") end
+    if not ok then return nil, err, code end
+    self.pending = {}
+    return true
+end
+
+--- Rewrites the journal as one snapshot (under the lock, folding what other runs appended).
+-- @treturn[1] true
+-- @treturn[2] fail (code "io"); the journal is left as it was
+function Ledger:compact()
+    if not self.path then return true end
+    local ok, err, code = self:flush()
+    if ok then ok, err, code = self:attach() end
+    if not ok then return nil, err, code end
+    local f = self.file
+    local lok, lerr, lcode = f:lock()
+    if not lok then return nil, lerr, lcode end
+    local text
+    text, err, code = f:read()
+    if text then
+        self.entries = parse(text)
+        local snap = { format = FORMAT, entries = setmetatable(copy(self.entries), { __jsontype = "object" }) }
+        for k, e in pairs(snap.entries) do
+            snap.entries[k] = { etag = e.etag, fp = setmetatable(copy(e.fp), { __jsontype = "object" }), build = e.build }
+        end
+        local s, eerr = core.json_encode(snap)
+        if not s then
+            ok, err, code = nil, "cannot encode the ledger: " .. tostring(eerr), "io"
+        else
+            ok, err, code = f:replace(s .. "\n")
+        end
+    else
+        ok = nil
+    end
+    f:unlock()
+    if not ok then return nil, err, code end
+    return true
+end
+
+function Ledger:close()
+    if self.file then self.file:close() end
+    self.file = nil
+end
+
+function Ledger:__tostring()
+    local n = 0
+    for _ in pairs(self.entries) do n = n + 1 end
+    return ("cxone.Ledger (%s, %d entries)"):format(self.path or "in memory", n)
+end
+
+return M
