@@ -21,8 +21,11 @@ end
 
 --- Pads s with spaces to width (counting UTF-8 characters, not bytes).
 function M.pad(s, width)
-    local n = 0
-    for _ in s:gmatch("[^\128-\191]") do n = n + 1 end
+    local n = #s
+    if s:find("[\128-\255]") then -- count UTF-8 characters (skip continuation bytes)
+        n = 0
+        for _ in s:gmatch("[^\128-\191]") do n = n + 1 end
+    end
     if n >= width then return s end
     return s .. (" "):rep(width - n)
 end

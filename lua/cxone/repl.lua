@@ -842,6 +842,8 @@ end
 -- the loop ---------------------------------------------------------------------------------------
 
 local function is_tty(fd)
+    local ok, core = pcall(require, "cxone.core")
+    if ok and core.isatty then return core.isatty(fd) end
     return ran(os.execute("test -t " .. fd))
 end
 
