@@ -17,9 +17,12 @@ enum { UV_VALIDATOR = 1, UV_NAME, UV_VALUE, UV_MASKED, UV_DESCRIPTION,
        UV_VARIABLES, UV_ENVIRONMENT_ID, UV_ACTION_ID, UV_COUNT };
 
 typedef struct {
-    pcre2_code *name_re, *uuid_re;
+    pcre2_code *uuid_re;
     pcre2_match_data *md;
-    int jit; /* both patterns JIT-compiled */
+    int jit;                 /* the pattern is JIT-compiled */
+    const char *keys[4];     /* the interned entry keys (name, value, masked, description), held
+                              * as upvalues of validate() for as long as it can run */
+    unsigned char name_head[256], name_tail[256]; /* NAME_PATTERN as byte classes */
 } validator;
 
 /* Byte classes for the single pass over a value. */
@@ -27,7 +30,8 @@ enum { B_OK = 0, B_FORBIDDEN = 1, B_NUL = 2, B_HIGH = 4 };
 
 typedef struct {
     lua_State *L;
-    int list;          /* stack index of the violations list */
+    int list;          /* stack index of the violations list (nil until the first violation,
+                        * so a valid payload allocates nothing) */
     int count;         /* violations recorded */
     int truncated;
 } report;
@@ -36,6 +40,10 @@ static void add_violation(report *r, const char *code, const char *path, const c
 {
     lua_State *L = r->L;
     if (r->count >= MAX_REPORTED) { r->truncated = 1; return; }
+    if (r->count == 0) {
+        lua_newtable(L);
+        lua_replace(L, r->list);
+    }
     lua_createtable(L, 0, 3);
     lua_pushstring(L, path);
     lua_setfield(L, -2, "path");
@@ -56,6 +64,16 @@ static void VIOLATION(report *r, const char *code, const char *path, const char 
     va_end(ap);
     add_violation(r, code, path, lua_tostring(r->L, -1));
     lua_pop(r->L, 1);
+}
+
+/* NAME_PATTERN, ^[A-Z_][A-Z0-9_]*$, without a regex engine: a class for the first byte and
+ * one for the rest (a NUL or any byte >= 0x80 is in neither). */
+static int name_valid(const validator *v, const char *s, size_t n)
+{
+    if (n == 0 || !v->name_head[(unsigned char)s[0]]) return 0;
+    for (size_t i = 1; i < n; i++)
+        if (!v->name_tail[(unsigned char)s[i]]) return 0;
+    return 1;
 }
 
 static int re_match(validator *v, pcre2_code *re, const char *s, size_t n)
@@ -243,8 +261,33 @@ static void check_string_field(report *r, int tidx, int uv, const char *field, i
     lua_pop(L, 1);
 }
 
-static void check_value(report *r, const options *o, int masked, const char *path,
-                        const char *label, const char *s, size_t n)
+/* An entry's path and labels are built only when a violation needs them (most entries have
+ * none): `variables[i]`, `variables[i].field`, and the value label `variables[i] (NAME) value`,
+ * cut at the same lengths as when they were built up front. */
+typedef struct {
+    lua_Integer i;
+    const char *name;   /* the entry's name when it is well-formed, else NULL */
+    size_t nlen;
+} entry_ctx;
+
+static const char *entry_path(char *buf, size_t size, const entry_ctx *e, const char *suffix)
+{
+    snprintf(buf, size, "variables[%lld]%s", (long long)e->i, suffix);
+    return buf;
+}
+
+static const char *value_label(char *buf /* [220] */, const entry_ctx *e)
+{
+    char path[64], label[200];
+    entry_path(path, sizeof path, e, "");
+    if (e->name) snprintf(label, sizeof label, "%s (%.*s)", path, (int)e->nlen, e->name);
+    else snprintf(label, sizeof label, "%s", path);
+    snprintf(buf, 220, "%s value", label);
+    return buf;
+}
+
+static void check_value(report *r, const options *o, int masked, const entry_ctx *e,
+                        const char *s, size_t n)
 {
     int seen = 0;
     unsigned char found[32];
@@ -256,7 +299,14 @@ static void check_value(report *r, const options *o, int masked, const char *pat
         if ((cls & B_FORBIDDEN) && nfound < sizeof found && !memchr(found, s[i], nfound))
             found[nfound++] = (unsigned char)s[i];
     }
-    if ((lua_Integer)n > o->max_value_length)
+    int too_long = (lua_Integer)n > o->max_value_length;
+    int too_short = masked == 1 && (lua_Integer)n < o->min_secret_length; /* 2: maybe a secret */
+    if (!seen && !too_long && !too_short) return; /* the common case: nothing to report */
+
+    char path[96], label[220];
+    entry_path(path, sizeof path, e, ".value");
+    value_label(label, e);
+    if (too_long)
         VIOLATION(r, "too_long", path, "%s is %d bytes; at most %d are allowed", label, (int)n,
                   (int)o->max_value_length);
     if (seen & B_NUL)
@@ -281,99 +331,124 @@ static void check_value(report *r, const options *o, int masked, const char *pat
                       label, chars, o->forbidden);
         }
     }
-    if (masked && (lua_Integer)n < o->min_secret_length)
+    if (too_short)
         VIOLATION(r, "secret_too_short", path, "%s is masked and must be at least %d bytes long",
                   label, (int)o->min_secret_length);
 }
+
+/* A field of an entry as one raw pass over the entry's keys found it. */
+typedef struct {
+    int type;            /* LUA_TNIL when absent */
+    const char *s;       /* when a string (held by the entry table) */
+    size_t n;
+} field;
+
+enum { F_NAME, F_VALUE, F_MASKED, F_DESCRIPTION, F_COUNT };
 
 static void check_entry(report *r, validator *v, const options *o, int entry, lua_Integer i,
                         nameset *names)
 {
     lua_State *L = r->L;
-    char path[64];
-    char label[200];
-    const char *name, *value, *desc;
-    size_t nlen = 0, vlen = 0, dlen = 0;
+    char path[64], fpath[96];
+    entry_ctx e = { i, NULL, 0 };
+    field f[F_COUNT];
     int masked = 0;
 
-    snprintf(path, sizeof path, "variables[%lld]", (long long)i);
     if (!lua_istable(L, entry)) {
+        entry_path(path, sizeof path, &e, "");
         VIOLATION(r, "type", path, "%s must be a table with name, value and masked, got %s", path,
                   luaL_typename(L, entry));
         return;
     }
 
-    /* Unknown keys: a typo such as maskd = true must not silently send a secret unmasked. */
+    /* One raw pass: each known key's value is read as it comes by; any other key is reported
+     * (a typo such as maskd = true must not silently send a secret unmasked). The key strings
+     * are interned, so a string key is one of them exactly when it is the same object. */
+    for (int k = 0; k < F_COUNT; k++) f[k].type = LUA_TNIL;
     lua_pushnil(L);
     while (lua_next(L, entry)) {
-        lua_pop(L, 1);
-        int known = 0;
-        for (int uv = UV_NAME; uv <= UV_DESCRIPTION && !known; uv++)
-            known = lua_rawequal(L, -1, lua_upvalueindex(uv));
-        if (!known) {
+        /* -2 key, -1 value */
+        int k = F_COUNT;
+        if (lua_type(L, -2) == LUA_TSTRING) {
+            const char *key = lua_tostring(L, -2);
+            for (k = 0; k < F_COUNT && key != v->keys[k]; k++) {}
+        }
+        if (k < F_COUNT) {
+            f[k].type = lua_type(L, -1);
+            if (f[k].type == LUA_TSTRING) f[k].s = lua_tolstring(L, -1, &f[k].n); /* held by the entry */
+            else if (f[k].type == LUA_TBOOLEAN) f[k].n = (size_t)lua_toboolean(L, -1);
+        } else {
             char kpath[128];
-            if (echoable_key(L, -1)) {
-                snprintf(kpath, sizeof kpath, "%s.%s", path, lua_tostring(L, -1));
+            entry_path(path, sizeof path, &e, "");
+            if (echoable_key(L, -2)) {
+                snprintf(kpath, sizeof kpath, "%s.%s", path, lua_tostring(L, -2));
                 VIOLATION(r, "unknown_key", kpath, "%s has an unknown key '%s' (allowed: name, value, masked, description)",
-                          path, lua_tostring(L, -1));
+                          path, lua_tostring(L, -2));
             } else {
                 VIOLATION(r, "unknown_key", path, "%s has an unknown key of type %s (allowed: name, value, masked, description)",
-                          path, luaL_typename(L, -1));
+                          path, luaL_typename(L, -2));
             }
         }
+        lua_pop(L, 1);
     }
 
-    char fpath[96];
-    snprintf(fpath, sizeof fpath, "%s.name", path);
-    lua_pushvalue(L, lua_upvalueindex(UV_NAME));
-    lua_rawget(L, entry);
-    int t = lua_type(L, -1);
-    name = t == LUA_TSTRING ? lua_tolstring(L, -1, &nlen) : NULL;
-    lua_pop(L, 1);
-    int good_name = 0;
-    if (t == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required", fpath);
-    else if (!name) VIOLATION(r, "type", fpath, "%s must be a string, got %s", fpath, lua_typename(L, t));
-    else if ((lua_Integer)nlen > o->max_name_length)
-        VIOLATION(r, "too_long", fpath, "%s is %d bytes; at most %d are allowed", fpath, (int)nlen,
-                  (int)o->max_name_length);
-    else if (!re_match(v, v->name_re, name, nlen))
-        VIOLATION(r, "name_pattern", fpath, "%s must match %s (upper-case letters, digits, underscores; not starting with a digit)",
-                  fpath, NAME_PATTERN);
-    else good_name = 1;
-
-    if (good_name) {
-        int first = nameset_add(names, name, nlen, (int)i);
-        if (first) VIOLATION(r, "duplicate", fpath, "%s: %s repeats variables[%d]", fpath, name, first);
-        snprintf(label, sizeof label, "%s (%.*s)", path, (int)nlen, name);
+    const field *nf = &f[F_NAME];
+    if (nf->type == LUA_TSTRING && (lua_Integer)nf->n <= o->max_name_length
+        && name_valid(v, nf->s, nf->n)) {
+        e.name = nf->s;
+        e.nlen = nf->n;
+        int first = nameset_add(names, nf->s, nf->n, (int)i);
+        if (first) {
+            entry_path(fpath, sizeof fpath, &e, ".name");
+            VIOLATION(r, "duplicate", fpath, "%s: %s repeats variables[%d]", fpath, nf->s, first);
+        }
     } else {
-        snprintf(label, sizeof label, "%s", path);
+        entry_path(fpath, sizeof fpath, &e, ".name");
+        if (nf->type == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required", fpath);
+        else if (nf->type != LUA_TSTRING)
+            VIOLATION(r, "type", fpath, "%s must be a string, got %s", fpath, lua_typename(L, nf->type));
+        else if ((lua_Integer)nf->n > o->max_name_length)
+            VIOLATION(r, "too_long", fpath, "%s is %d bytes; at most %d are allowed", fpath, (int)nf->n,
+                      (int)o->max_name_length);
+        else
+            VIOLATION(r, "name_pattern", fpath, "%s must match %s (upper-case letters, digits, underscores; not starting with a digit)",
+                      fpath, NAME_PATTERN);
     }
 
-    snprintf(fpath, sizeof fpath, "%s.masked", path);
-    lua_pushvalue(L, lua_upvalueindex(UV_MASKED));
-    lua_rawget(L, entry);
-    t = lua_type(L, -1);
-    if (t == LUA_TBOOLEAN) masked = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-    if (t == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required (true for secrets)", fpath);
-    else if (t != LUA_TBOOLEAN) VIOLATION(r, "type", fpath, "%s must be a boolean, got %s", fpath, lua_typename(L, t));
-
-    snprintf(fpath, sizeof fpath, "%s.value", path);
-    check_string_field(r, entry, UV_VALUE, fpath, 1, &value, &vlen);
-    if (value) {
-        char vlabel[220];
-        snprintf(vlabel, sizeof vlabel, "%s value", label);
-        check_value(r, o, masked, fpath, vlabel, value, vlen);
+    const field *mf = &f[F_MASKED];
+    if (mf->type == LUA_TBOOLEAN) {
+        masked = (int)mf->n;
+    } else {
+        entry_path(fpath, sizeof fpath, &e, ".masked");
+        if (mf->type == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required (true for secrets)", fpath);
+        else VIOLATION(r, "type", fpath, "%s must be a boolean, got %s", fpath, lua_typename(L, mf->type));
+        /* masked = "yes" (or 1): meant as a secret, so none of its characters is named */
+        if (mf->type != LUA_TNIL) masked = 2;
     }
 
-    snprintf(fpath, sizeof fpath, "%s.description", path);
-    check_string_field(r, entry, UV_DESCRIPTION, fpath, 0, &desc, &dlen);
-    if (desc) {
-        if ((lua_Integer)dlen > o->max_value_length)
-            VIOLATION(r, "too_long", fpath, "%s is %d bytes; at most %d are allowed", fpath, (int)dlen,
-                      (int)o->max_value_length);
-        if (!cxone_utf8_valid((const unsigned char *)desc, dlen) || memchr(desc, 0, dlen))
-            VIOLATION(r, "utf8", fpath, "%s is not valid UTF-8 text", fpath);
+    const field *vf = &f[F_VALUE];
+    if (vf->type == LUA_TSTRING) {
+        check_value(r, o, masked, &e, vf->s, vf->n);
+    } else {
+        entry_path(fpath, sizeof fpath, &e, ".value");
+        if (vf->type == LUA_TNIL) VIOLATION(r, "required", fpath, "%s is required", fpath);
+        else VIOLATION(r, "type", fpath, "%s must be a string, got %s", fpath, lua_typename(L, vf->type));
+    }
+
+    const field *df = &f[F_DESCRIPTION];
+    if (df->type == LUA_TSTRING) {
+        int too_long = (lua_Integer)df->n > o->max_value_length;
+        int bad = !cxone_utf8_valid((const unsigned char *)df->s, df->n) || memchr(df->s, 0, df->n);
+        if (too_long || bad) {
+            entry_path(fpath, sizeof fpath, &e, ".description");
+            if (too_long)
+                VIOLATION(r, "too_long", fpath, "%s is %d bytes; at most %d are allowed", fpath, (int)df->n,
+                          (int)o->max_value_length);
+            if (bad) VIOLATION(r, "utf8", fpath, "%s is not valid UTF-8 text", fpath);
+        }
+    } else if (df->type != LUA_TNIL) {
+        entry_path(fpath, sizeof fpath, &e, ".description");
+        VIOLATION(r, "type", fpath, "%s must be a string, got %s", fpath, lua_typename(L, df->type));
     }
 }
 
@@ -406,7 +481,7 @@ static int l_validate(lua_State *L)
     lua_settop(L, 2);
     read_options(L, 2, &o);
 
-    lua_newtable(L);
+    lua_pushnil(L);
     r.L = L;
     r.list = lua_gettop(L);
     r.count = r.truncated = 0;
@@ -528,10 +603,9 @@ static int validator_gc(lua_State *L)
 {
     validator *v = luaL_checkudata(L, 1, VALIDATOR_MT);
     if (v->md) pcre2_match_data_free(v->md);
-    if (v->name_re) pcre2_code_free(v->name_re);
     if (v->uuid_re) pcre2_code_free(v->uuid_re);
     v->md = NULL;
-    v->name_re = v->uuid_re = NULL;
+    v->uuid_re = NULL;
     return 0;
 }
 
@@ -555,7 +629,9 @@ void cxone_validate_open(lua_State *L)
     /* module table at -1 */
     validator *v = cxone_newudata_gc(L, sizeof *v, VALIDATOR_MT, validator_gc);
     v->jit = 1;
-    v->name_re = compile(L, NAME_PATTERN, &v->jit);
+    for (int c = 'A'; c <= 'Z'; c++) v->name_head[c] = v->name_tail[c] = 1;
+    for (int c = '0'; c <= '9'; c++) v->name_tail[c] = 1;
+    v->name_head['_'] = v->name_tail['_'] = 1;
     v->uuid_re = compile(L, UUID_PATTERN, &v->jit);
     v->md = pcre2_match_data_create(1, NULL);
     if (!v->md) luaL_error(L, "cxone.core: out of memory");
@@ -573,6 +649,7 @@ void cxone_validate_open(lua_State *L)
     lua_pushliteral(L, "value");
     lua_pushliteral(L, "masked");
     lua_pushliteral(L, "description");
+    for (int k = 0; k < 4; k++) v->keys[k] = lua_tostring(L, -4 + k);
     lua_pushliteral(L, "variables");
     lua_pushliteral(L, "environmentId");
     lua_pushliteral(L, "actionId");

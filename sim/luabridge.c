@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 static const char *state_path;          /* --state, or NULL */
+static char *journal_path;              /* <state>.journal, or NULL */
 static int module_ref = LUA_NOREF;      /* registry slot of sim.lua's module table */
 static unsigned long connections;       /* TCP connections accepted (MHD thread only) */
 
@@ -82,6 +83,42 @@ static int l_persist(lua_State *L)
     return 1;
 }
 
+/* simc.journal_append(line) -> true | nil, message. Appends one change record to the journal
+ * and makes it durable (no-op without --state). */
+static int l_journal_append(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    char err[512];
+    if (state_path && sim_journal_append(s, len, err, sizeof err) != 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* simc.journal_reset() -> true | nil, message: empties the journal after a snapshot. */
+static int l_journal_reset(lua_State *L)
+{
+    char err[512];
+    if (state_path && sim_journal_reset(err, sizeof err) != 0) {
+        luaL_pushfail(L);
+        lua_pushstring(L, err);
+        return 2;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* simc.journal_size() -> bytes in the journal */
+static int l_journal_size(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)sim_journal_size());
+    return 1;
+}
+
 /* simc.connections() -> TCP connections accepted so far */
 static int l_connections(lua_State *L)
 {
@@ -96,6 +133,9 @@ static int open_simc(lua_State *L)
         { "now", l_now },
         { "sha256_hex", l_sha256_hex },
         { "persist", l_persist },
+        { "journal_append", l_journal_append },
+        { "journal_reset", l_journal_reset },
+        { "journal_size", l_journal_size },
         { "connections", l_connections },
         { NULL, NULL },
     };
@@ -170,6 +210,15 @@ lua_State *sim_lua_open(const struct sim_options *opt, char *err, size_t errlen)
         lua_pushstring(L, opt->state_path);
         lua_setfield(L, -2, "state_path");
         if (load_text(L, opt->state_path, "state_text", 1, err, errlen) != 0) goto fail;
+        size_t plen = strlen(opt->state_path);
+        journal_path = malloc(plen + sizeof ".journal");
+        if (!journal_path) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        memcpy(journal_path, opt->state_path, plen);
+        memcpy(journal_path + plen, ".journal", sizeof ".journal");
+        if (load_text(L, journal_path, "journal_text", 1, err, errlen) != 0) goto fail;
     }
     if (opt->scenario_path) {
         if (load_text(L, opt->scenario_path, "scenario_text", 0, err, errlen) != 0) goto fail;
@@ -184,7 +233,9 @@ lua_State *sim_lua_open(const struct sim_options *opt, char *err, size_t errlen)
         goto fail;
     }
     lua_settop(L, 0);
-    /* ...and now the state file exists and holds the loaded (or demo) data. */
+    /* ...and now the state file exists and holds the loaded (or demo) data, with the journal
+     * replayed into it and emptied. */
+    if (journal_path && sim_journal_open(journal_path, err, errlen) != 0) goto fail_noclean;
     state_path = opt->state_path;
     if (state_path && sim_lua_flush(L) != 0) {
         snprintf(err, errlen, "cannot write the state file %s", state_path);
@@ -195,6 +246,9 @@ fail:
     lua_settop(L, 0);
 fail_noclean:
     state_path = NULL;
+    sim_journal_close();
+    free(journal_path);
+    journal_path = NULL;
     lua_close(L);
     return NULL;
 }
@@ -213,4 +267,7 @@ int sim_lua_flush(lua_State *L)
 void sim_lua_close(lua_State *L)
 {
     if (L) lua_close(L);
+    sim_journal_close();
+    free(journal_path);
+    journal_path = NULL;
 }

@@ -25,6 +25,12 @@ struct sim_options {
 /* store.c: files and randomness. */
 int sim_read_file(const char *path, char **out, size_t *len, char *err, size_t errlen);
 int sim_atomic_write(const char *path, const char *data, size_t len, char *err, size_t errlen);
+/* The change journal beside the state file (<state>.journal): see sim/README.md. */
+int sim_journal_open(const char *path, char *err, size_t errlen);
+int sim_journal_append(const char *data, size_t len, char *err, size_t errlen);
+int sim_journal_reset(char *err, size_t errlen);
+size_t sim_journal_size(void);
+void sim_journal_close(void);
 int sim_random_bytes(unsigned char *buf, size_t n);
 double sim_monotonic(void);
 

@@ -201,7 +201,7 @@ local function load_state(text, origin)
         return fail("unknown format '" .. tostring(doc.format) .. "' (expected " .. STATE_FORMAT .. ")")
     end
     local st = { clients = {}, client_order = {}, keys = {}, key_order = {}, actions = {},
-                 action_order = {}, builds = {}, idem = {} }
+                 action_order = {}, builds = {}, idem = {}, journal_seq = math.tointeger(doc.journal_seq) or 0 }
     if not is_array(doc.clients or {}) then return fail("clients must be an array") end
     for i, c in ipairs(doc.clients or {}) do
         local where = "clients[" .. i .. "]"
@@ -310,8 +310,53 @@ local function state_document()
     return doc
 end
 
-local function persist()
-    return simc.persist(encode(state_document()) .. "\n")
+-- Persistence (only with --state): each change is one journal line, appended and made
+-- durable before the answer; the whole state is written (a snapshot, atomically) at start, at
+-- exit, on PUT /_sim/state and reset, and when the journal outgrows the last snapshot, so the
+-- cost of a change is proportional to the change. Journal records carry a sequence number; the
+-- snapshot records the last one it includes, so replay never applies a record twice.
+local persisting = false        -- --state given
+local journal_seq = 0           -- last record written (or replayed)
+local journal_records = 0       -- records since the last snapshot
+local snapshot_bytes = 0
+local COMPACT_MIN_BYTES = 1024 * 1024
+local compact_every = tonumber(os.getenv("CXONE_SIM_COMPACT_EVERY") or "") or math.huge
+
+local function persist_full()
+    if not persisting then return true end
+    local doc = state_document()
+    doc.journal_seq = journal_seq
+    local text = encode(doc) .. "\n"
+    local ok, perr = simc.persist(text)
+    if not ok then return nil, perr end
+    snapshot_bytes, journal_records = #text, 0
+    local rok, rerr = simc.journal_reset()
+    -- Not fatal: the records left behind are at or below journal_seq, so replay skips them.
+    if not rok then io.stderr:write("cxone-sim: ", tostring(rerr), "\n") end
+    return true
+end
+
+local function journal(rec)
+    if not persisting then return true end
+    rec.seq = journal_seq + 1
+    local ok, perr = simc.journal_append(encode(rec) .. "\n")
+    if not ok then return nil, perr end
+    journal_seq, journal_records = rec.seq, journal_records + 1
+    if journal_records >= compact_every or simc.journal_size() > math.max(COMPACT_MIN_BYTES, snapshot_bytes) then
+        local cok, cerr = persist_full()
+        -- The change itself is durable in the journal; a failed compaction is retried later.
+        if not cok then io.stderr:write("cxone-sim: compaction failed: ", tostring(cerr), "\n") end
+    end
+    return true
+end
+
+local function env_record(action, env_id, env)
+    local list = {}
+    for i, name in ipairs(env.names) do
+        local v = env.vars[name]
+        list[i] = { name = name, value = v.value, masked = v.masked, description = v.description }
+    end
+    return { op = "env", action = action.id, env = env_id, variables = arr(list) }
 end
 
 local function storage_failed(key, msg)
@@ -683,7 +728,7 @@ local function write_variables(req, params, key, replace)
     env.vars = new
     refresh_env(action, params.envId, env)
     if env.etag ~= old_etag then
-        local ok, perr = persist()
+        local ok, perr = journal(env_record(action, params.envId, env))
         if not ok then
             env.vars, env.names, env.etag, env.body = old_vars, old_names, old_etag, old_body
             return storage_failed(key, perr)
@@ -719,7 +764,7 @@ local function post_build(req, params, key)
     if ikey then S.idem[action.id .. "\n" .. ikey] = build end
     local dropped
     if #S.builds > MAX_BUILDS_KEPT then dropped = table.remove(S.builds, 1) end
-    local ok, perr = persist()
+    local ok, perr = journal({ op = "build", build = build })
     if not ok then
         table.remove(S.builds)
         if dropped then table.insert(S.builds, 1, dropped) end
@@ -850,7 +895,7 @@ end
 local function replace_state(st)
     local old = S
     S = st
-    local ok, perr = persist()
+    local ok, perr = persist_full()
     if ok then return nil end
     S = old
     return err(500, "storage_failed", tostring(perr))
@@ -981,6 +1026,57 @@ function M.cancel(id)
     pending[id] = nil
 end
 
+-- Applies the journal's records above the snapshot's sequence number to S. A line that does
+-- not parse or does not fit (a torn append, never acknowledged) is skipped and counted.
+local function replay_journal(text, origin, base)
+    journal_seq = base
+    local applied, skipped = 0, 0
+    for line in text:gmatch("([^\n]*)\n") do
+        local rec = json.decode(line)
+        local seq = type(rec) == "table" and math.tointeger(rec.seq)
+        local ok = false
+        if seq and seq <= base then
+            ok = true -- already in the snapshot
+        elseif seq and rec.op == "env" and type(rec.variables) == "table" and S.actions[rec.action]
+            and ENVIRONMENTS[rec.env] then
+            local vars, bad = {}, false
+            for j, v in ipairs(rec.variables) do
+                if check_variable(v, "variables[" .. j .. "]") then bad = true break end
+                vars[v.name] = { value = v.value, masked = v.masked, description = v.description or "" }
+            end
+            if not bad then
+                local action = S.actions[rec.action]
+                local env = action.envs[rec.env]
+                env.vars = vars
+                refresh_env(action, rec.env, env)
+                ok = true
+            end
+        elseif seq and rec.op == "build" and type(rec.build) == "table" and type(rec.build.buildId) == "string"
+            and type(rec.build.actionId) == "string" then
+            local b = rec.build
+            local build = { buildId = b.buildId, actionId = b.actionId, status = tostring(b.status or "queued"),
+                            createdAt = b.createdAt, idempotencyKey = b.idempotencyKey }
+            S.builds[#S.builds + 1] = build
+            if type(build.idempotencyKey) == "string" then S.idem[build.actionId .. "\n" .. build.idempotencyKey] = build end
+            if #S.builds > MAX_BUILDS_KEPT then
+                local dropped = table.remove(S.builds, 1)
+                if dropped.idempotencyKey then S.idem[dropped.actionId .. "\n" .. dropped.idempotencyKey] = nil end
+            end
+            ok = true
+        end
+        if ok and seq > base then
+            applied = applied + 1
+            if seq > journal_seq then journal_seq = seq end
+        elseif not ok then
+            skipped = skipped + 1
+        end
+    end
+    if applied > 0 or skipped > 0 then
+        io.stderr:write(("cxone-sim: %s: replayed %d change(s)%s\n"):format(origin, applied,
+            skipped > 0 and (", skipped %d incomplete line(s)"):format(skipped) or ""))
+    end
+end
+
 --- init(cfg) -> true | nil, message. cfg: demo_text, state_text?, state_path?, scenario_text?,
 -- token_ttl, rate_limit.
 function M.init(cfg)
@@ -992,6 +1088,8 @@ function M.init(cfg)
     local st, e = load_state(text, origin)
     if not st then return nil, e end
     S, initial_text = st, text
+    persisting = cfg.state_path ~= nil
+    if cfg.journal_text then replay_journal(cfg.journal_text, cfg.state_path .. ".journal", st.journal_seq) end
     if cfg.scenario_text then
         local doc, derr = json.decode(cfg.scenario_text)
         if doc == nil then return nil, "scenario: not valid JSON (" .. tostring(derr) .. ")" end
@@ -1002,9 +1100,10 @@ function M.init(cfg)
     return true
 end
 
---- flush() -> true | nil, message: writes the whole state to the state file.
+--- flush() -> true | nil, message: writes the whole state to the state file (and empties the
+-- journal).
 function M.flush()
-    return persist()
+    return persist_full()
 end
 
 return M

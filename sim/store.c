@@ -1,4 +1,5 @@
-/* store.c: whole-file reads, crash-safe state-file writes (temp + fsync + rename + dir fsync), randomness, clock. */
+/* store.c: whole-file reads, crash-safe state-file writes (temp + fsync + rename + dir fsync), the
+ * append-only change journal beside the state file, randomness, clock. */
 #include "sim.h"
 
 #include <errno.h>
@@ -120,6 +121,94 @@ fail:
     free(tmp);
     free(dircopy);
     return -1;
+}
+
+/* ---- the journal: one line per change, appended and made durable before the answer ---- */
+
+static int journal_fd = -1;
+static off_t journal_size;   /* bytes of whole lines in the journal */
+static int journal_torn;     /* a failed append left a partial line that could not be cut off */
+
+/* fsyncs the directory holding path, so a file just created there survives a crash. */
+static int sync_dir_of(const char *path)
+{
+    char *dircopy = strdup(path);
+    if (!dircopy) { errno = ENOMEM; return -1; }
+    int dfd = open(dirname(dircopy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    free(dircopy);
+    if (dfd < 0) return -1;
+    int rc = fsync(dfd);
+    int e = errno;
+    close(dfd);
+    errno = e;
+    return rc;
+}
+
+int sim_journal_open(const char *path, char *err, size_t errlen)
+{
+    if (journal_fd >= 0) return 0;
+    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    off_t end = lseek(fd, 0, SEEK_END);
+    if (end < 0 || sync_dir_of(path) != 0) {
+        snprintf(err, errlen, "cannot prepare %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    journal_fd = fd;
+    journal_size = end;
+    return 0;
+}
+
+/* Appends one record (a whole line) and fdatasyncs it. On failure the journal is cut back to
+ * its last whole line, so a later append never follows a torn one. */
+int sim_journal_append(const char *data, size_t len, char *err, size_t errlen)
+{
+    if (journal_fd < 0) {
+        snprintf(err, errlen, "the journal is not open");
+        return -1;
+    }
+    /* After a torn tail that could not be cut off, end it first: it becomes a line of its own
+     * that replay skips, and this record still starts a line. */
+    if (journal_torn) {
+        if (write_all(journal_fd, "\n", 1) != 0) {
+            snprintf(err, errlen, "cannot append to the journal: %s", strerror(errno));
+            return -1;
+        }
+        journal_torn = 0;
+    }
+    if (write_all(journal_fd, data, len) != 0 || fdatasync(journal_fd) != 0) {
+        snprintf(err, errlen, "cannot append to the journal: %s", strerror(errno));
+        if (ftruncate(journal_fd, journal_size) != 0) journal_torn = 1;
+        return -1;
+    }
+    off_t end = lseek(journal_fd, 0, SEEK_END);
+    journal_size = end >= 0 ? end : journal_size + (off_t)len;
+    return 0;
+}
+
+/* Empties the journal once a snapshot holding everything in it is on disk. */
+int sim_journal_reset(char *err, size_t errlen)
+{
+    if (journal_fd < 0) return 0;
+    if (ftruncate(journal_fd, 0) != 0 || fsync(journal_fd) != 0) {
+        snprintf(err, errlen, "cannot empty the journal: %s", strerror(errno));
+        return -1;
+    }
+    journal_size = 0;
+    journal_torn = 0;
+    return 0;
+}
+
+size_t sim_journal_size(void) { return journal_fd >= 0 ? (size_t)journal_size : 0; }
+
+void sim_journal_close(void)
+{
+    if (journal_fd >= 0) close(journal_fd);
+    journal_fd = -1;
 }
 
 int sim_random_bytes(unsigned char *buf, size_t n)

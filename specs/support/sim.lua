@@ -11,7 +11,8 @@ local function shquote(s)
 end
 M.shquote = shquote
 
---- Starts the simulator. opts.args: extra command-line flags; opts.stderr: a file for its log.
+--- Starts the simulator. opts.args: extra command-line flags; opts.stderr: a file for its log;
+-- opts.env: extra environment variables (a map, as for M.with_env).
 function M.start(opts)
     opts = opts or {}
     local bin = os.getenv("CXONE_SIM_BIN")
@@ -22,7 +23,8 @@ function M.start(opts)
     local quoted = {}
     for i, a in ipairs(args) do quoted[i] = shquote(a) end
     -- `exec` keeps the shell's pid, so the pid printed first is the simulator's own.
-    local cmd = "echo $$; exec " .. shquote(bin) .. " " .. table.concat(quoted, " ")
+    local cmd = "echo $$; exec " .. (opts.env and M.with_env(opts.env) .. " " or "") .. shquote(bin) .. " "
+        .. table.concat(quoted, " ")
         .. " 2>" .. shquote(opts.stderr or "/dev/null")
     local proc = assert(io.popen(cmd, "r"))
     local pid = proc:read("*l")

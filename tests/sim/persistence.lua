@@ -1,5 +1,7 @@
--- sim:persistence: --state loading, atomic write-back, restarts, SIGKILL mid-burst, PUT /_sim/state,
--- POST /_sim/reset, bad flags and bad state files (exit 2, file untouched), clean shutdown.
+-- sim:persistence: --state loading, the change journal (appended before the answer, compacted at
+-- exit, every N changes and on start), restarts, SIGKILL mid-burst and recovery, torn journal
+-- lines, PUT /_sim/state, POST /_sim/reset, bad flags and bad state files (exit 2, file
+-- untouched), clean shutdown.
 local T = require("t")
 local BIN = os.getenv("CXONE_SIM_BIN")
 
@@ -27,8 +29,11 @@ T.test("missing state file is created from the demo data; changes survive a rest
     local r = T.request(s, "PATCH", T.vars(T.CRM, "prod"), { token = tok, body = { variables = {
         { name = "PERSISTED", value = "persisted-secret-1", masked = true } } } })
     T.eq(r.status, 200, "PATCH")
-    T.ok(T.read(path):find("persisted-secret-1", 1, true), "written before the answer")
+    T.ok(T.read(path .. ".journal"):find("persisted-secret-1", 1, true), "journalled before the answer")
+    T.ok(not T.read(path):find("persisted-secret-1", 1, true), "the snapshot is not rewritten per change")
     T.eq(stop_code(s), 0, "SIGTERM exits 0")
+    T.ok(T.read(path):find("persisted-secret-1", 1, true), "compacted into the state file at exit")
+    T.eq(T.read(path .. ".journal"), "", "journal emptied at exit")
     s = T.start({ args = { "--state", path } })
     local g = T.request(s, "GET", T.vars(T.CRM, "prod"), { token = T.token(s) })
     T.eq(T.var(g.json, "PERSISTED").value, "***", "still there after restart")
@@ -48,7 +53,7 @@ T.test("SIGKILL during a burst of writes keeps every acknowledged change", funct
     local script = ("for i in $(seq 1 300); do "
         .. "c=$(curl -s -o /dev/null -w '%%{http_code}' -X PATCH -H 'Authorization: Bearer %s' "
         .. "--data-binary \"{\\\"variables\\\":[{\\\"name\\\":\\\"KILL_$i\\\",\\\"value\\\":\\\"v$i\\\",\\\"masked\\\":false}]}\" %s); "
-        .. "[ \"$c\" = 200 ] && echo $i >> %s; done"):format(tok, url, acked)
+        .. "if [ \"$c\" = 200 ]; then echo $i >> %s; else break; fi; done"):format(tok, url, acked)
     local loop = io.popen("sh -c " .. T.shq(script) .. " 2>/dev/null; echo done", "r")
     -- Wait for some acknowledged writes (bounded), then kill -9 in the middle of the burst.
     local n = 0
@@ -66,23 +71,144 @@ T.test("SIGKILL during a burst of writes keeps every acknowledged change", funct
     s.proc = nil
     loop:read("a")
     loop:close()
-    local doc = T.json.decode(T.read(path))
-    T.ok(doc, "state file still parses")
-    local have = {}
-    for _, a in ipairs(doc.actions) do
-        if a.id == T.TKT then
-            for _, v in ipairs(a.environments.dev.variables) do have[v.name] = v.value end
+    T.ok(T.json.decode(T.read(path)), "state file still parses")
+    T.ok(#T.read(path .. ".journal") > 0, "the acknowledged writes are in the journal")
+    -- Recovery: a restart replays the journal into the snapshot.
+    local function tkt_dev(doc)
+        local have = {}
+        for _, a in ipairs(doc.actions) do
+            if a.id == T.TKT then
+                for _, v in ipairs(a.environments.dev.variables) do have[v.name] = v.value end
+            end
         end
+        return have
     end
+    local s2 = T.start({ args = { "--state", path } })
+    T.eq(T.request(s2, "GET", T.vars(T.TKT, "dev"), { token = T.token(s2) }).status, 200, "reloads")
+    local live, file = tkt_dev(s2:state()), tkt_dev(T.json.decode(T.read(path)))
     local count = 0
     for i in T.read(acked):gmatch("%d+") do
-        T.eq(have["KILL_" .. i], "v" .. i, "acknowledged write " .. i .. " is in the file")
+        T.eq(live["KILL_" .. i], "v" .. i, "acknowledged write " .. i .. " survived the crash")
+        T.eq(file["KILL_" .. i], "v" .. i, "acknowledged write " .. i .. " is in the compacted file")
         count = count + 1
     end
     T.ok(count >= 20, "checked " .. count .. " writes")
-    -- And the file loads.
+    T.eq(T.read(path .. ".journal"), "", "journal emptied after the replay")
+    s2:stop()
+    os.execute("rm -rf " .. dir)
+end)
+
+T.test("the journal is compacted every N changes, records already in the snapshot are not replayed", function()
+    local dir = T.tmpdir()
+    local path = dir .. "/state.json"
+    local s = T.start({ args = { "--state", path }, env = { CXONE_SIM_COMPACT_EVERY = "3" } })
+    local tok = T.token(s)
+    local function set(i)
+        local r = T.request(s, "PATCH", T.vars(T.CRM, "dev"), { token = tok, body = { variables = {
+            { name = "N", value = "v" .. i, masked = false } } } })
+        T.eq(r.status, 200, "PATCH " .. i)
+    end
+    local function lines(text)
+        local n = 0
+        for _ in text:gmatch("\n") do n = n + 1 end
+        return n
+    end
+    set(1); set(2)
+    T.eq(lines(T.read(path .. ".journal")), 2, "two records journalled")
+    set(3)
+    T.eq(T.read(path .. ".journal"), "", "third change compacts")
+    local doc = T.json.decode(T.read(path))
+    T.eq(doc.journal_seq, 3, "the snapshot records the last change it holds")
+    set(4)
+    T.eq(lines(T.read(path .. ".journal")), 1, "appending again after compaction")
+    local rec = T.json.decode(T.read(path .. ".journal"))
+    T.eq(rec.seq, 4, "sequence numbers continue")
+    T.eq(rec.op, "env", "an environment record")
+    -- A crash between the snapshot's rename and the journal's truncation leaves records the
+    -- snapshot already holds: replay must skip them. Plant one with an older value.
+    os.execute("kill -KILL " .. s.pid)
+    s.proc:read("a"); s.proc:close(); s.proc = nil
+    local stale = { seq = 2, op = "env", action = T.CRM, env = "dev",
+                    variables = { { name = "STALE", value = "old", masked = false } } }
+    T.write(path .. ".journal", T.json.encode(stale) .. "\n" .. T.read(path .. ".journal"))
+    s = T.start({ args = { "--state", path } })
+    local g = T.request(s, "GET", T.vars(T.CRM, "dev"), { token = T.token(s) })
+    T.eq(T.var(g.json, "N").value, "v4", "the record above the snapshot is replayed")
+    T.eq(T.var(g.json, "STALE"), nil, "the record at or below the snapshot is not")
+    s:stop()
+    os.execute("rm -rf " .. dir)
+end)
+
+T.test("a torn or garbled journal line is skipped, the rest replayed; builds are journalled", function()
+    local dir = T.tmpdir()
+    local path = dir .. "/state.json"
+    local s = T.start({ args = { "--state", path } })
+    local tok = T.token(s)
+    T.eq(T.request(s, "PATCH", T.vars(T.PAY, "prod"), { token = tok, body = { variables = {
+        { name = "A", value = "a1", masked = false } } } }).status, 200, "PATCH")
+    local b = T.request(s, "POST", "/api/v2/integration/actions/" .. T.PAY .. "/build",
+        { token = tok, headers = { "Idempotency-Key: k-1" } })
+    T.eq(b.status, 202, "build queued")
+    T.eq(T.request(s, "PATCH", T.vars(T.PAY, "prod"), { token = tok, body = { variables = {
+        { name = "B", value = "b1", masked = false } } } }).status, 200, "PATCH")
+    os.execute("kill -KILL " .. s.pid)
+    s.proc:read("a"); s.proc:close(); s.proc = nil
+    -- garble the middle record and leave a torn (unterminated) line at the end
+    local j = T.read(path .. ".journal")
+    local l1, l2, l3 = j:match("^([^\n]*)\n([^\n]*)\n([^\n]*)\n$")
+    T.ok(l1 and l2 and l3, "three records")
+    T.write(path .. ".journal", l1 .. "\n{\"seq\":\n" .. l2 .. "\n" .. l3 .. "\n" .. l3:sub(1, 20))
+    local log = dir .. "/log"
+    s = T.start({ args = { "--state", path }, stderr = log })
+    local g = T.request(s, "GET", T.vars(T.PAY, "prod"), { token = T.token(s) })
+    T.eq(T.var(g.json, "B").value, "b1", "records after a garbled line are replayed")
+    T.eq(T.var(g.json, "A").value, "a1", "records before it too")
+    local again = T.request(s, "POST", "/api/v2/integration/actions/" .. T.PAY .. "/build",
+        { token = T.token(s), headers = { "Idempotency-Key: k-1" } })
+    T.eq(again.json and again.json.buildId, b.json.buildId, "the journalled build keeps its idempotency key")
+    T.ok(T.read(log):find("skipped 1 incomplete line", 1, true), "the skipped line is reported")
+    s:stop()
+    os.execute("rm -rf " .. dir)
+end)
+
+T.test("a journal append that fails (file size limit) answers 500, changes nothing, tears nothing", function()
+    local dir = T.tmpdir()
+    local path = dir .. "/state.json"
+    -- the snapshot of the demo data fits in 16 KiB; the journal then fills the rest of the limit
+    local proc = io.popen("echo $$; trap '' XFSZ; ulimit -f 32; exec " .. T.shq(BIN)
+        .. " --quiet --listen 127.0.0.1:0 --state " .. T.shq(path) .. " 2>/dev/null", "r")
+    local s = { pid = tonumber(proc:read("l")), url = proc:read("l"), proc = proc }
+    T.ok(s.url and s.url:match("^http"), "started under a file size limit")
+    local tok = T.token(s)
+    local acked, refused, value = {}, 0, ("x"):rep(1000)
+    for i = 1, 40 do
+        local r = T.request(s, "PATCH", T.vars(T.TKT, "dev"), { token = tok, body = { variables = {
+            { name = "BIG_" .. i, value = value, masked = false } } } })
+        if r.status == 200 then
+            acked[#acked + 1] = i
+        else
+            T.eq(r.status, 500, "refused with 500")
+            T.eq(r.json and r.json.error, "storage_failed", "storage_failed")
+            refused = refused + 1
+            local g = T.request(s, "GET", T.vars(T.TKT, "dev"), { token = tok })
+            T.eq(T.var(g.json, "BIG_" .. i), nil, "the refused change was undone")
+            if refused == 2 then break end -- the records only grow: every later one fails too
+        end
+    end
+    T.ok(#acked > 0 and refused > 0, ("some acknowledged (%d), some refused (%d)"):format(#acked, refused))
+    os.execute("kill -KILL " .. s.pid)
+    proc:read("a"); proc:close()
+    -- every line of the journal is whole: the failed appends were cut off
+    local j = T.read(path .. ".journal")
+    T.eq(j:sub(-1), "\n", "the journal ends with a whole line")
+    for line in j:gmatch("([^\n]*)\n") do T.ok(T.json.decode(line), "a whole record") end
+    -- and a restart without the limit has exactly the acknowledged changes
     local s2 = T.start({ args = { "--state", path } })
-    T.eq(T.request(s2, "GET", T.vars(T.TKT, "dev"), { token = T.token(s2) }).status, 200, "reloads")
+    local g = T.request(s2, "GET", T.vars(T.TKT, "dev"), { token = T.token(s2) })
+    local n = 0
+    for _, v in ipairs(g.json.variables) do if v.name:match("^BIG_") then n = n + 1 end end
+    T.eq(n, #acked, "every acknowledged change and nothing else")
+    for _, i in ipairs(acked) do T.ok(T.var(g.json, "BIG_" .. i), "BIG_" .. i .. " survived") end
     s2:stop()
     os.execute("rm -rf " .. dir)
 end)
