@@ -276,7 +276,7 @@ return { { action = %q, tier = "staging", variables = { MD_FLAG = "a b", MD_KEY 
             assert.equals(2, code)
             code, out = cxone({ "audit", "verify", "--json", dir .. "/many-audit.jsonl" }, e)
             assert.equals(0, code)
-            assert.equals(102, assert(json.decode(out)).report.records) -- started, 100 steps, finished
+            assert.equals(102, assert(json.decode(out)).records) -- started, 100 steps, finished
         end)
     end)
 

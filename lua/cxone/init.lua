@@ -42,7 +42,7 @@ M.drift = drift.compare
 --- Opens the audit trail (default CXONE_AUDIT_LOG or cxone_audit.jsonl).
 M.audit = audit.open
 
---- Verifies an audit trail; returns ok, report (or nil, message, code, report).
+--- Verifies an audit trail; returns the report, or nil, message, code (key from CXONE_AUDIT_KEY).
 M.verify_audit = audit.verify
 
 --- Creates a client for a tenant (or cxone-sim); see cxone.client.
