@@ -16,8 +16,11 @@
 #define luaL_pushfail(L) lua_pushnil(L)
 #endif
 
-#if LUA_VERSION_NUM < 503 && !defined(lua_isinteger)
-/* LuaJIT and 5.1 have no integer subtype: integers are exact in doubles up to 2^53. */
+#if LUA_VERSION_NUM < 503
+/* LuaJIT and 5.1 have no integer subtype: integers are exact in doubles up to 2^53.
+ * compat-5.3.h's lua_isinteger casts the double to lua_Integer before any range check
+ * (undefined behaviour for 1e300 or NaN): ours replaces it. */
+#undef lua_isinteger
 #define lua_isinteger(L, i) cxone_compat_isinteger((L), (i))
 static inline int cxone_compat_isinteger(lua_State *L, int i)
 {

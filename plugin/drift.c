@@ -23,32 +23,42 @@ static int cmp_var(const void *a, const void *b)
     return x->side - y->side;
 }
 
-/* Reads the list at idx into vars[*n...]; returns NULL or an error message (pushed nothing). */
-static const char *collect(lua_State *L, int idx, int side, const char *what, var *vars, size_t *n,
-                           char *err, size_t errlen)
+/* Pushes t[field] read raw: a caller's table runs no metamethod here. */
+static int rawfield(lua_State *L, int t, const char *field)
+{
+    lua_pushstring(L, field);
+    return lua_rawget(L, t);
+}
+
+/* Reads the list at idx into vars[*n...]; returns NULL or an error message (pushed nothing).
+ * Entries are read raw, and every string kept is also stored in the anchor table, so the
+ * pointers stay valid whatever happens to the caller's tables afterwards. */
+static const char *collect(lua_State *L, int idx, int anchor, int side, const char *what, var *vars,
+                           size_t *n, char *err, size_t errlen)
 {
     lua_Integer len = (lua_Integer)lua_rawlen(L, idx);
     for (lua_Integer i = 1; i <= len; i++) {
         lua_rawgeti(L, idx, i);
-        if (!lua_istable(L, -1)) {
+        int e = lua_gettop(L);
+        if (!lua_istable(L, e)) {
             lua_pop(L, 1);
             snprintf(err, errlen, "%s[%lld] is not a table", what, (long long)i);
             return err;
         }
-        var *v = &vars[(*n)++];
+        var *v = &vars[*n];
         v->side = side;
-        lua_getfield(L, -1, "name");
+        rawfield(L, e, "name");
         v->name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &v->nlen) : NULL;
-        lua_pop(L, 1);
-        lua_getfield(L, -1, "value");
-        v->value = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &v->vlen) : NULL;
-        int vt = lua_type(L, -1);
-        lua_pop(L, 1);
-        lua_getfield(L, -1, "masked");
+        if (v->name) lua_rawseti(L, anchor, (lua_Integer)(2 * *n + 1));
+        else lua_pop(L, 1);
+        int vt = rawfield(L, e, "value");
+        v->value = vt == LUA_TSTRING ? lua_tolstring(L, -1, &v->vlen) : NULL;
+        if (v->value) lua_rawseti(L, anchor, (lua_Integer)(2 * *n + 2));
+        else lua_pop(L, 1);
+        int mt = rawfield(L, e, "masked");
         v->masked = lua_toboolean(L, -1);
-        int mt = lua_type(L, -1);
-        lua_pop(L, 2);
-        /* The strings stay valid: the caller's lists hold them. */
+        lua_pop(L, 2); /* masked, entry */
+        (*n)++;
         if (!v->name) {
             snprintf(err, errlen, "%s[%lld] has no string name", what, (long long)i);
             return err;
@@ -123,8 +133,9 @@ static int l_drift(lua_State *L)
     if (nb > (1u << 24) || nt > (1u << 24)) return cxone_fail(L, "invalid", "variable lists too long");
     /* GC-owned scratch: an error raised below cannot leak it. */
     var *vars = lua_newuserdatauv(L, (nb + nt + 1) * sizeof(var), 0);
-    if (collect(L, 1, 0, "baseline", vars, &n, err, sizeof err)
-        || collect(L, 2, 1, "target", vars, &n, err, sizeof err))
+    lua_createtable(L, (int)(2 * (nb + nt)), 0); /* slot 4: anchors the strings in vars */
+    if (collect(L, 1, 4, 0, "baseline", vars, &n, err, sizeof err)
+        || collect(L, 2, 4, 1, "target", vars, &n, err, sizeof err))
         return cxone_fail(L, "invalid", "%s", err);
     qsort(vars, n, sizeof(var), cmp_var);
 

@@ -77,7 +77,8 @@ static int is_array(lua_State *L, int idx, size_t *n)
 static int wants_object(lua_State *L, int idx)
 {
     if (!lua_getmetatable(L, idx)) return 0;
-    lua_getfield(L, -1, "__jsontype");
+    lua_pushliteral(L, "__jsontype");
+    lua_rawget(L, -2);
     int obj = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "object") == 0;
     lua_pop(L, 2);
     return obj;
@@ -177,6 +178,7 @@ typedef struct {
     const char *s, *p, *end;
     char *err;
     size_t errlen;
+    cxone_buf *sb; /* scratch for strings with escapes (GC-owned, so an error cannot leak it) */
 } parser;
 
 static int perr(parser *ps, const char *what)
@@ -207,7 +209,7 @@ static int hex4(const char *p, unsigned *out)
     return 0;
 }
 
-static void add_utf8(luaL_Buffer *b, unsigned cp)
+static void add_utf8(cxone_buf *b, unsigned cp)
 {
     char u[4];
     int n;
@@ -220,10 +222,12 @@ static void add_utf8(luaL_Buffer *b, unsigned cp)
         u[0] = (char)(0xF0 | (cp >> 18)); u[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
         u[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); u[3] = (char)(0x80 | (cp & 0x3F)); n = 4;
     }
-    luaL_addlstring(b, u, (size_t)n);
+    cxone_buf_add(b, u, (size_t)n);
 }
 
-/* Pushes the string starting after the opening quote. */
+/* Pushes the string starting after the opening quote. Strings with escapes are decoded into
+ * the C scratch buffer and pushed only once complete: no luaL_Buffer is ever left open on the
+ * Lua stack across an error path (that corrupted the stack on Lua 5.4.4). */
 static int parse_string(parser *ps)
 {
     const char *start = ps->p;
@@ -234,14 +238,15 @@ static int parse_string(parser *ps)
         ps->p++;
         return 1;
     }
-    luaL_Buffer b;
-    luaL_buffinit(ps->L, &b);
-    luaL_addlstring(&b, start, (size_t)(ps->p - start));
+    cxone_buf *b = ps->sb;
+    b->len = 0;
+    cxone_buf_add(b, start, (size_t)(ps->p - start));
     while (ps->p < ps->end) {
         unsigned char c = (unsigned char)*ps->p;
         if (c == '"') {
             ps->p++;
-            luaL_pushresult(&b);
+            if (b->oom) return perr(ps, "out of memory");
+            lua_pushlstring(ps->L, b->p ? b->p : "", b->len);
             return 1;
         }
         if (c < 0x20) return perr(ps, "control character in string");
@@ -249,21 +254,21 @@ static int parse_string(parser *ps)
             const char *run = ps->p;
             while (ps->p < ps->end && *ps->p != '"' && *ps->p != '\\' && (unsigned char)*ps->p >= 0x20)
                 ps->p++;
-            luaL_addlstring(&b, run, (size_t)(ps->p - run));
+            cxone_buf_add(b, run, (size_t)(ps->p - run));
             continue;
         }
         if (ps->end - ps->p < 2) break;
         char e = ps->p[1];
         ps->p += 2;
         switch (e) {
-        case '"': luaL_addchar(&b, '"'); break;
-        case '\\': luaL_addchar(&b, '\\'); break;
-        case '/': luaL_addchar(&b, '/'); break;
-        case 'b': luaL_addchar(&b, '\b'); break;
-        case 'f': luaL_addchar(&b, '\f'); break;
-        case 'n': luaL_addchar(&b, '\n'); break;
-        case 'r': luaL_addchar(&b, '\r'); break;
-        case 't': luaL_addchar(&b, '\t'); break;
+        case '"': cxone_buf_addc(b, '"'); break;
+        case '\\': cxone_buf_addc(b, '\\'); break;
+        case '/': cxone_buf_addc(b, '/'); break;
+        case 'b': cxone_buf_addc(b, '\b'); break;
+        case 'f': cxone_buf_addc(b, '\f'); break;
+        case 'n': cxone_buf_addc(b, '\n'); break;
+        case 'r': cxone_buf_addc(b, '\r'); break;
+        case 't': cxone_buf_addc(b, '\t'); break;
         case 'u': {
             unsigned cp, lo;
             if (ps->end - ps->p < 4 || hex4(ps->p, &cp) != 0) return perr(ps, "bad \\u escape");
@@ -277,7 +282,7 @@ static int parse_string(parser *ps)
             } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                 return perr(ps, "unpaired surrogate in \\u escape");
             }
-            add_utf8(&b, cp);
+            add_utf8(b, cp);
             break;
         }
         default: return perr(ps, "bad escape in string");
@@ -312,13 +317,10 @@ static int parse_number(parser *ps)
     size_t len = (size_t)(ps->p - start);
     if (len >= sizeof tmp) {
         /* Very long numerals: parse through a heap copy is not worth it; treat as a double. */
-        char *heap = malloc(len + 1);
-        if (!heap) return perr(ps, "out of memory");
-        memcpy(heap, start, len);
-        heap[len] = '\0';
-        double d = strtod(heap, NULL);
-        free(heap);
-        lua_pushnumber(ps->L, (lua_Number)d);
+        ps->sb->len = 0;
+        cxone_buf_add(ps->sb, start, len);
+        if (cxone_buf_cstr(ps->sb) != 0) return perr(ps, "out of memory");
+        lua_pushnumber(ps->L, (lua_Number)strtod(ps->sb->p, NULL));
         return 1;
     }
     memcpy(tmp, start, len);
@@ -399,13 +401,20 @@ static int parse_value(parser *ps, int depth)
 
 int cxone_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen)
 {
-    parser ps = {L, s, s, s + n, err, errlen};
     int top = lua_gettop(L);
-    if (!parse_value(&ps, 0)) { lua_settop(L, top); return 0; }
-    skip_ws(&ps);
-    if (ps.p != ps.end) {
-        lua_settop(L, top);
-        return perr(&ps, "trailing characters after the value");
+    luaL_checkstack(L, 4, "JSON decoding");
+    /* stack: top+1 scratch buffer, top+2 the value being built */
+    parser ps = {L, s, s, s + n, err, errlen, cxone_buf_push(L)};
+    int ok = parse_value(&ps, 0);
+    if (ok) {
+        skip_ws(&ps);
+        if (ps.p != ps.end) ok = perr(&ps, "trailing characters after the value");
     }
+    cxone_buf_free(ps.sb); /* wiped now, not at the next collection */
+    if (!ok) {
+        lua_settop(L, top);
+        return 0;
+    }
+    lua_remove(L, top + 1);
     return 1;
 }

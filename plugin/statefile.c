@@ -299,6 +299,20 @@ static int m_tostring(lua_State *L)
     return 1;
 }
 
+/***
+ * Whether a standard stream is a terminal (for prompts and colour), without spawning a shell.
+ * @function isatty
+ * @tparam integer fd 0, 1 or 2
+ * @treturn boolean
+ */
+static int l_isatty(lua_State *L)
+{
+    lua_Integer fd = luaL_checkinteger(L, 1);
+    luaL_argcheck(L, fd >= 0 && fd <= 2, 1, "must be 0, 1 or 2");
+    lua_pushboolean(L, isatty((int)fd) == 1);
+    return 1;
+}
+
 void cxone_statefile_open(lua_State *L)
 {
     static const luaL_Reg meth[] = {
@@ -325,4 +339,6 @@ void cxone_statefile_open(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_state_open);
     lua_setfield(L, -2, "state_open");
+    lua_pushcfunction(L, l_isatty);
+    lua_setfield(L, -2, "isatty");
 }

@@ -1,7 +1,12 @@
-/* Shared mechanism: the failure helper, byte buffers, UTF-8, hashing, option readers. */
+/* Shared mechanism: the failure helper, byte buffers, UTF-8, hashing, option readers,
+ * and switching core dumps off. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
@@ -29,9 +34,15 @@ void cxone_buf_init(cxone_buf *b)
     b->oom = 0;
 }
 
+/* Buffers may hold masked values (request bodies, decoded answers): their memory is wiped
+ * before it is freed, and growing copies into a new block and wipes the old one (realloc
+ * would leave the old content in freed memory). */
 void cxone_buf_free(cxone_buf *b)
 {
-    free(b->p);
+    if (b->p) {
+        OPENSSL_cleanse(b->p, b->cap);
+        free(b->p);
+    }
     cxone_buf_init(b);
 }
 
@@ -43,8 +54,13 @@ static int buf_reserve(cxone_buf *b, size_t extra)
     if (need <= b->cap) return 0;
     size_t cap = b->cap ? b->cap : 256;
     while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    char *p = realloc(b->p, cap);
+    char *p = malloc(cap);
     if (!p) { b->oom = 1; return -1; }
+    if (b->p) {
+        memcpy(p, b->p, b->len);
+        OPENSSL_cleanse(b->p, b->cap);
+        free(b->p);
+    }
     b->p = p;
     b->cap = cap;
     return 0;
@@ -113,6 +129,53 @@ cxone_buf *cxone_buf_push(lua_State *L)
     return b;
 }
 
+/* ---- scrubbing ---- */
+
+#define SCRUB_MARK "[redacted]"
+
+int cxone_scrub_cut(const char *s, size_t *n, const cxone_span *secrets, size_t ns)
+{
+    size_t best = *n;
+    for (size_t i = 0; i < ns; i++) {
+        const cxone_span *c = &secrets[i];
+        if (c->n < CXONE_SCRUB_PREFIX_MIN) continue;
+        /* the longest proper start of the secret that ends the text */
+        size_t k = c->n - 1 < *n ? c->n - 1 : *n;
+        for (; k >= CXONE_SCRUB_PREFIX_MIN; k--)
+            if (memcmp(s + *n - k, c->p, k) == 0) break;
+        if (k >= CXONE_SCRUB_PREFIX_MIN && *n - k < best) best = *n - k;
+    }
+    if (best == *n) return 0;
+    *n = best;
+    return 1;
+}
+
+void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span *secrets, size_t ns)
+{
+    size_t run = 0, i = 0;
+    while (i < n) {
+        size_t hit = 0;
+        for (size_t k = 0; k < ns; k++) {
+            const cxone_span *c = &secrets[k];
+            if (c->n >= 4 && c->n <= n - i && c->n > hit && s[i] == c->p[0]
+                && memcmp(s + i, c->p, c->n) == 0)
+                hit = c->n; /* the longest secret that starts here */
+        }
+        if (!hit) { i++; continue; }
+        cxone_buf_add(out, s + run, i - run);
+        cxone_buf_addstr(out, SCRUB_MARK);
+        i += hit;
+        run = i;
+    }
+    size_t tail = n - run;
+    if (cxone_scrub_cut(s + run, &tail, secrets, ns)) {
+        cxone_buf_add(out, s + run, tail);
+        cxone_buf_addstr(out, SCRUB_MARK);
+    } else {
+        cxone_buf_add(out, s + run, n - run);
+    }
+}
+
 /* ---- UTF-8 ---- */
 
 int cxone_utf8_valid(const unsigned char *s, size_t n)
@@ -173,10 +236,14 @@ int cxone_hmac_sha256_hex(const void *key, size_t keylen, const void *data, size
 
 /* ---- option readers ---- */
 
+/* Raw access: an options table's metamethods are never run, so a string read here stays
+ * referenced by the table after the pop (nothing can replace it behind our back). */
 static int opt_field(lua_State *L, int idx, const char *field, int type, const char *tname)
 {
     if (lua_isnoneornil(L, idx)) return 0;
-    lua_getfield(L, idx, field);
+    idx = lua_absindex(L, idx);
+    lua_pushstring(L, field);
+    lua_rawget(L, idx);
     if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
     if (lua_type(L, -1) != type) {
         /* arguments are evaluated before the push: -1 is still the option's value */
@@ -304,9 +371,29 @@ static int l_json_decode(lua_State *L)
     return 1;
 }
 
+/***
+ * Switches core dumps off for this process (RLIMIT_CORE 0, soft and hard, and not dumpable),
+ * so that a crash cannot write the client secret, the token or masked values to disk.
+ * The CLI calls it first thing.
+ * @function no_core_dumps
+ * @treturn[1] boolean true
+ * @treturn[2] fail (code "system")
+ */
+static int l_no_core_dumps(lua_State *L)
+{
+    struct rlimit rl = {0, 0};
+    if (setrlimit(RLIMIT_CORE, &rl) != 0)
+        return cxone_fail(L, "system", "cannot switch core dumps off (setrlimit): %s", strerror(errno));
+    if (prctl(PR_SET_DUMPABLE, 0L, 0L, 0L, 0L) != 0)
+        return cxone_fail(L, "system", "cannot switch core dumps off (prctl): %s", strerror(errno));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 void cxone_util_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
+        {"no_core_dumps", l_no_core_dumps},
         {"sha256", l_sha256},
         {"hmac_sha256", l_hmac_sha256},
         {"json_encode", l_json_encode},

@@ -60,7 +60,7 @@ curl -s "$URL/_sim/stats" | pretty 'import json,sys; s=json.load(sys.stdin); pri
 heading "6. WEBHOOK EVENTS received (names only, never values; signed with CXONE_WEBHOOK_SECRET)"
 curl -s "$URL/_sim/webhooks/demo" | pretty 'import json,sys
 for e in json.load(sys.stdin)["events"]:
-    b=e["body"]; sig="signed" if "x-signature" in e["headers"] else "unsigned"
+    b=e["body"]; sig="signed" if "x-cxone-signature" in e["headers"] else "unsigned"
     print("  %-22s %-11s vars=%s build=%s (%s)" % (b.get("event"), b.get("environment"), ",".join(b.get("variables") or []), b.get("build_id","-"), sig))'
 
 heading "7. AUDIT TRAIL ($CXONE_AUDIT_LOG)"

@@ -250,18 +250,21 @@ describe("cxone.Client", function()
         end)
 
         it("webhook posts JSON, signs it, and reports failures without raising", function()
-            local ok, meta = c:webhook(sim.url .. "/_sim/webhooks/ci", { event = "applied", n = 3 }, { secret = "hook-key" })
+            local ok, meta = c:webhook(sim.url .. "/_sim/webhooks/ci", { event = "applied", n = 3 },
+                                       { secret = "hook-key", timestamp = 1700000000 })
             assert.is_true(ok)
             assert.equals(204, meta.status)
             local ev = sim:get_json("/_sim/webhooks/ci").events
             local last = ev[#ev]
             assert.equals("applied", last.body.event)
             local body = core.json_encode({ event = "applied", n = 3 })
-            assert.equals("sha256=" .. core.hmac_sha256("hook-key", body), last.headers["x-signature"])
+            assert.equals("t=1700000000,v1=" .. core.hmac_sha256("hook-key", "1700000000." .. body),
+                          last.headers["x-cxone-signature"])
+            assert.is_nil(last.headers["x-signature"])
             assert.is_nil(last.headers.authorization) -- the bearer token never goes to a third party
             -- unsigned
             assert.is_true((c:webhook(sim.url .. "/_sim/webhooks/ci2", { event = "x" })))
-            assert.is_nil(sim:get_json("/_sim/webhooks/ci2").events[1].headers["x-signature"])
+            assert.is_nil(sim:get_json("/_sim/webhooks/ci2").events[1].headers["x-cxone-signature"])
             -- failures come back as values
             local r, msg, code = c:webhook("http://127.0.0.1:1/hook", { event = "x" })
             assert.is_nil(r)

@@ -16,7 +16,7 @@ commands:
   validate FILE.json             check an override payload (exit 0 valid, 1 invalid)
   drift ACTION BASELINE TARGET   compare two tiers of an action (exit 0 none, 2 drift, 1 error)
   vars ACTION TIER               list an environment's variables (masked values as ***)
-  audit verify FILE              verify an audit trail's hash chain
+  audit verify FILE...           verify an audit trail's chain (--head/--after HASH)
   sim [flags]                    run cxone-sim (flags as the simulator's; --help there)
   repl                           explore interactively: `client` built from CXONE_*, help()
   completion [bash|zsh|fish]     print a shell completion script
@@ -49,7 +49,11 @@ local HELP = {
     drift = "usage: cxone drift ACTION BASELINE_TIER TARGET_TIER [--json]\n"
         .. "Exit status: 0 no drift, 2 drift, 1 error.\n",
     vars = "usage: cxone vars ACTION TIER [--json]\nLists the variables (masked values as ***).\n",
-    audit = "usage: cxone audit verify FILE [--json]\nExit status: 0 intact, 1 broken or unreadable.\n",
+    audit = "usage: cxone audit verify [--head HASH] [--after HASH] [--json] FILE...\n"
+        .. "Verifies a trail's chain; give rotated files oldest first. --head: the trail must end at\n"
+        .. "HASH (a cut tail fails); --after: it continues from HASH (else it must start at seq 1).\n"
+        .. "CXONE_AUDIT_KEY: the HMAC key of a keyed trail (required to verify one).\n"
+        .. "Exit status: 0 intact, 1 broken or unreadable, 2 usage.\n",
     sim = "usage: cxone sim [flags]\nRuns cxone-sim (CXONE_SIM_BIN, or build/lua5.4/sim/cxone-sim"
         .. " next to this tree) with the given flags.\n",
     repl = "usage: cxone repl\nAn interactive Lua session with `cxone` loaded and `client` built from CXONE_*:\n"
@@ -59,8 +63,7 @@ local HELP = {
 local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local function is_tty(fd)
-    local r = os.execute("test -t " .. fd)
-    return r == true or r == 0
+    return require("cxone.core").isatty(fd)
 end
 
 local function json()
@@ -412,6 +415,9 @@ HELP.completion = "usage: cxone completion [bash|zsh|fish]\n"
 
 --- Runs the CLI with an argument list; returns the exit status.
 function M.main(argv)
+    -- the process holds the client secret, the token and masked values: no core dumps
+    -- (tested in hostile_spec)
+    require("cxone.core").no_core_dumps()
     argv = argv or {}
     local ctx = setmetatable({ flags = {} }, Ctx)
     local list = {}

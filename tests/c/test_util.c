@@ -1,10 +1,38 @@
 /* C-level tests of the shared mechanism: UTF-8 validation, byte buffers, JSON round trips and
  * a deterministic random-input sweep of the JSON decoder (run under valgrind by ctest). */
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cxone.h"
+
+/* free and realloc are wrapped (-Wl,--wrap, see CMakeLists.txt) so that a test can see what
+ * a buffer held at the moment its memory went back to the allocator. */
+void __real_free(void *p);
+void *__real_realloc(void *p, size_t n);
+static const cxone_buf *watched;   /* the buffer under test */
+static const char *canary;
+static volatile int canary_released; /* blocks released (freed or realloc'ed) still holding it */
+
+static void inspect(const void *p)
+{
+    if (!p || !watched || !canary || p != watched->p) return;
+    /* only the bytes the buffer wrote are examined (the rest is uninitialised) */
+    if (memmem(p, watched->len, canary, strlen(canary))) canary_released++;
+}
+
+void __wrap_free(void *p)
+{
+    inspect(p);
+    __real_free(p);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+    inspect(p);
+    return __real_realloc(p, n);
+}
 
 static int passed, failed;
 
@@ -88,10 +116,153 @@ static void test_json(lua_State *L)
     int top = lua_gettop(L);
     for (int i = 0; i < 50000; i++) {
         size_t n = (size_t)(rand_r(&seed) % sizeof doc);
-        for (size_t k = 0; k < n; k++) doc[k] = "{}[]\",:0123456789.eE+-tfnrul\\ \x80\xff"[rand_r(&seed) % 34];
+        static const char alphabet[] = "{}[]\",:0123456789.eE+-tfnrul\\ \x80\xff";
+        for (size_t k = 0; k < n; k++) doc[k] = alphabet[rand_r(&seed) % (sizeof alphabet - 1)];
         if (cxone_json_decode(L, doc, n, err, sizeof err)) lua_pop(L, 1);
     }
     CHECK(lua_gettop(L) == top);
+}
+
+/* A parse error inside a long string with escapes (the body a hostile server sent with a
+ * 400) used to leave a luaL_Buffer open on the stack: heap corruption on Lua 5.4.4. The
+ * state must stay usable and balanced afterwards. */
+static void test_json_error_in_long_string(lua_State *L)
+{
+    char err[160];
+    cxone_buf doc;
+    cxone_buf_init(&doc);
+    for (int i = 0; i < 100; i++) cxone_buf_addc(&doc, '[');
+    cxone_buf_addc(&doc, '"');
+    for (int i = 0; i < 2000; i++) cxone_buf_add(&doc, "\\n", 2);
+    CHECK(!doc.oom);
+    /* at every stack depth, so that some failure lands where the stack must grow */
+    for (int round = 0; round < 300; round++) {
+        int base = lua_gettop(L);
+        lua_checkstack(L, round + 1);
+        lua_settop(L, base + round);
+        int top = lua_gettop(L);
+        CHECK(cxone_json_decode(L, doc.p, doc.len, err, sizeof err) == 0);
+        CHECK(lua_gettop(L) == top);
+        CHECK(strstr(err, "unterminated string") != NULL);
+        /* allocate on the stack and heap after the failure, as the client does */
+        for (int k = 0; k < 40; k++) lua_createtable(L, 4, 4);
+        lua_settop(L, base);
+        if (round % 50 == 0) lua_gc(L, LUA_GCCOLLECT, 0);
+    }
+    /* the same with a bad escape and a control character deep inside the string */
+    cxone_buf_add(&doc, "\\q", 2);
+    CHECK(cxone_json_decode(L, doc.p, doc.len, err, sizeof err) == 0);
+    CHECK(strstr(err, "bad escape") != NULL);
+    doc.len -= 2;
+    cxone_buf_add(&doc, "\x01\"", 2);
+    CHECK(cxone_json_decode(L, doc.p, doc.len, err, sizeof err) == 0);
+    CHECK(strstr(err, "control character") != NULL);
+    /* and a complete one still decodes: 100 nested arrays around a 2000-newline string */
+    doc.len -= 2;
+    cxone_buf_addc(&doc, '"');
+    for (int i = 0; i < 100; i++) cxone_buf_addc(&doc, ']');
+    int top = lua_gettop(L);
+    CHECK(cxone_json_decode(L, doc.p, doc.len, err, sizeof err) == 1);
+    for (int i = 0; i < 100 && lua_type(L, -1) == LUA_TTABLE; i++) {
+        lua_rawgeti(L, -1, 1);
+        lua_remove(L, -2);
+    }
+    CHECK(lua_type(L, -1) == LUA_TSTRING && lua_rawlen(L, -1) == 2000);
+    lua_settop(L, top);
+    cxone_buf_free(&doc);
+}
+
+/* A buffer that held a secret never hands it back to the allocator: growing copies and
+ * wipes (no realloc), freeing wipes first. */
+static void test_buf_wiped(void)
+{
+    static const char secret[] = "canary-masked-\xc3\xa9-value-0123456789";
+    cxone_buf b;
+    cxone_buf_init(&b);
+    watched = &b;
+    canary = secret;
+    canary_released = 0;
+    cxone_buf_addstr(&b, "{\"value\":\"");
+    cxone_buf_addstr(&b, secret);
+    for (int i = 0; i < 5000; i++) cxone_buf_addc(&b, 'x'); /* several growths */
+    CHECK(!b.oom && b.cap > 4096);
+    cxone_buf_free(&b);
+    CHECK(canary_released == 0);
+    /* the JSON encoder's buffer, with the secret in a table */
+    lua_State *L = luaL_newstate();
+    if (L) {
+        /* an array, so the secret is encoded first and the filler then grows the buffer */
+        lua_createtable(L, 2, 0);
+        lua_pushstring(L, secret);
+        lua_rawseti(L, -2, 1);
+        char filler[600];
+        memset(filler, '.', sizeof filler);
+        lua_pushlstring(L, filler, sizeof filler);
+        lua_rawseti(L, -2, 2);
+        char err[160];
+        cxone_buf_init(&b);
+        CHECK(cxone_json_encode(L, -1, &b, err, sizeof err) == 0);
+        CHECK(b.p && memmem(b.p, b.len, secret, strlen(secret)) && b.cap > 600);
+        cxone_buf_free(&b);
+        lua_close(L);
+    }
+    CHECK(canary_released == 0);
+    watched = NULL;
+    canary = NULL;
+}
+
+/* Scrubbing server text: whole secrets anywhere (bytes, NULs and non-ASCII included), the
+ * longest one first, and the start of a secret where the text ends. */
+static void test_scrub(void)
+{
+    static const char sec1[] = "s3cr\xc3\xa9t-value-01", sec2[] = "tok";
+    static const char longer[] = "s3cr\xc3\xa9t-value-01-longer";
+    const cxone_span spans[] = {{sec1, sizeof sec1 - 1}, {longer, sizeof longer - 1},
+                                {sec2, 3}, {"abcd", 4}};
+#define CASE(in, out) {in, sizeof in - 1, out, sizeof out - 1}
+    static const struct { const char *in; size_t n; const char *out; size_t outn; } cases[] = {
+        CASE("x s3cr\xc3\xa9t-value-01 y", "x [redacted] y"),
+        CASE("s3cr\xc3\xa9t-value-01s3cr\xc3\xa9t-value-01", "[redacted][redacted]"),
+        CASE("a\0abcd\0b", "a\0[redacted]\0b"),
+        CASE("pre s3cr\xc3\xa9t-value-01-longer post", "pre [redacted] post"),
+        CASE("tok stays (under 4 bytes)", "tok stays (under 4 bytes)"),
+        CASE("cut at s3cr\xc3\xa9t-v", "cut at [redacted]"), /* 9 bytes of it: hidden */
+        CASE("cut at s3cr\xc3\xa9", "cut at s3cr\xc3\xa9"),  /* 6 bytes: below the minimum */
+        CASE("", ""),
+    };
+#undef CASE
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        cxone_buf b;
+        cxone_buf_init(&b);
+        cxone_scrub_into(&b, cases[i].in, cases[i].n, spans, sizeof spans / sizeof *spans);
+        int ok = !b.oom && b.len == cases[i].outn
+            && (b.len == 0 || memcmp(b.p, cases[i].out, b.len) == 0);
+        if (!ok) fprintf(stderr, "scrub case %zu: got %.*s\n", i, (int)b.len, b.p ? b.p : "");
+        CHECK(ok);
+        cxone_buf_free(&b);
+    }
+    /* cut: shortens text about to be cut so that no 8+ byte start of a secret ends it */
+    static const char cut[] = "0123456789s3cr\xc3\xa9t-v";
+    size_t n = sizeof cut - 1;
+    CHECK(cxone_scrub_cut(cut, &n, spans, 4) == 1 && n == 10);
+    n = 12;
+    CHECK(cxone_scrub_cut("0123456789ab", &n, spans, 4) == 0 && n == 12);
+}
+
+/* The watcher itself sees a plain free of an unwiped block (so the test above can fail). */
+static void test_watcher_sees_leaks(void)
+{
+    cxone_buf b;
+    cxone_buf_init(&b);
+    cxone_buf_addstr(&b, "canary-xyz-0123456789");
+    watched = &b;
+    canary = "canary-xyz";
+    canary_released = 0;
+    char *p = b.p;
+    free(p); /* without wiping */
+    CHECK(canary_released == 1);
+    watched = NULL;
+    canary = NULL;
 }
 
 int main(void)
@@ -101,7 +272,11 @@ int main(void)
     test_utf8();
     test_buf();
     test_json(L);
+    test_json_error_in_long_string(L);
     lua_close(L);
+    test_buf_wiped();
+    test_watcher_sees_leaks();
+    test_scrub();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
 }

@@ -1,0 +1,446 @@
+-- Hostile input (issue 9): servers, webhook receivers and caller tables that misbehave on
+-- purpose must never corrupt memory, crash the process, or make a secret appear in output.
+-- Each case is a regression test of a defect found by fuzzing and by a hostile cxone-sim.
+local core = require "cxone.core"
+local simlib = require "support.sim"
+local D = simlib.DEMO
+local A1 = D.actions[1]
+local VARS = "/api/v2/integration/actions/*/environments/*/variables"
+local sh = simlib.shquote
+
+-- The body that crashed `cxone vars` (exit 134) on Lua 5.4.4: 100 "[", a quote, 2000 "\n".
+local CRASH_BODY = ("["):rep(100) .. '"' .. ("\\n"):rep(2000)
+
+-- A masked UTF-8 canary: the old scrub ran after non-ASCII was replaced, so it escaped.
+local CANARY = "Zürich-canary-\xc3\xbf-pass\tw0rd-7731"
+
+-- Every substring of s of n bytes (to prove no 8-byte piece of a secret is shown).
+local function pieces(s, n)
+    local out = {}
+    for i = 1, #s - n + 1 do out[#out + 1] = s:sub(i, i + n - 1) end
+    return out
+end
+
+local function assert_no_piece(text, secret, what)
+    for _, p in ipairs(pieces(secret, 8)) do
+        assert.is_nil(text:find(p, 1, true), what .. " shows a piece of the secret: " .. p)
+    end
+end
+
+-- Runs lua/cxone/cli.lua with this build tree's cxone.core (bin/cxone would load the main
+-- build/lua5.4 tree): returns exit code, stdout, stderr.
+local function cli(args, env)
+    local dir = simlib.tmpdir()
+    local wrapper = dir .. "/cxone.lua"
+    simlib.write_file(wrapper, ([[
+package.cpath = %q .. "/?.so;" .. package.cpath
+package.path = %q .. "/lua/?.lua;" .. %q .. "/lua/?/init.lua;" .. package.path
+os.exit(require("cxone.cli").main(arg))
+]]):format(os.getenv("CXONE_BUILD"), simlib.ROOT, simlib.ROOT))
+    local parts = { simlib.with_env(env), os.getenv("CXONE_LUA") or "lua5.4", sh(wrapper) }
+    for _, a in ipairs(args) do parts[#parts + 1] = sh(a) end
+    local cmd = table.concat(parts, " ") .. " </dev/null >" .. sh(dir .. "/out") .. " 2>" .. sh(dir .. "/err")
+        .. "; echo $?"
+    local code = tonumber((simlib.capture(cmd):match("(%d+)")))
+    local out, err = simlib.read_file(dir .. "/out"), simlib.read_file(dir .. "/err")
+    os.execute("rm -rf " .. sh(dir))
+    return code, out, err
+end
+
+describe("hostile input", function()
+    local sim, dir
+    local function client(extra)
+        local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
+                       backoff_base = 0.01, backoff_cap = 0.05, retries = 0 }
+        for k, v in pairs(extra or {}) do opts[k] = v end
+        return assert(core.client(opts))
+    end
+    local function masked_payload(value, env)
+        return { actionId = A1, environmentId = env or "dev",
+                 variables = { { name = "HOSTILE_KEY", value = value, masked = true },
+                               { name = "PLAIN", value = "visible", masked = false } } }
+    end
+
+    setup(function()
+        sim = simlib.start()
+        dir = simlib.tmpdir()
+    end)
+    teardown(function()
+        sim:stop()
+        os.execute("rm -rf " .. sh(dir))
+    end)
+    before_each(function() sim:curl("DELETE", "/_sim/faults") end)
+
+    describe("a malformed error body", function()
+        it("json_decode fails cleanly inside a long escaped string, at any stack depth", function()
+            -- deeper and deeper Lua frames, so that some failure lands where the stack must grow
+            local function at_depth(n, ...)
+                if n > 0 then return at_depth(n - 1, n, ...) end
+                return core.json_decode(CRASH_BODY)
+            end
+            for depth = 0, 120 do
+                local v, msg, code = at_depth(depth)
+                assert.is_nil(v)
+                assert.equals("format", code)
+                assert.matches("unterminated string", msg)
+            end
+            collectgarbage()
+            collectgarbage()
+            -- and a complete version of it decodes
+            local v = assert(core.json_decode(CRASH_BODY .. '"' .. ("]"):rep(100)))
+            for _ = 1, 100 do v = v[1] end
+            assert.equals(("\n"):rep(2000), v)
+        end)
+
+        it("a 400 with it is an `invalid` failure of the client, not a crash", function()
+            local c = client()
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 400, body = CRASH_BODY }
+            local r, msg, code = c:get(A1, "dev")
+            assert.is_nil(r)
+            assert.equals("invalid", code)
+            assert.matches("HTTP 400", msg)
+        end)
+
+        it("`cxone vars` reports it and exits 1 (it aborted with exit 134)", function()
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 400, body = CRASH_BODY }
+            local code, out, err = cli({ "vars", A1, "development" }, simlib.sim_env(sim, dir))
+            assert.equals(1, code, err)
+            assert.matches("HTTP 400", err)
+            assert.equals("", out)
+        end)
+
+        it("the same body from a webhook receiver is a failure value", function()
+            local c = client()
+            sim:fault{ method = "POST", path = "/hooks/ci", kind = "status", status = 400, body = CRASH_BODY }
+            local ok, msg, code = c:webhook(sim.url .. "/hooks/ci", { event = "applied" })
+            assert.is_nil(ok)
+            assert.equals("invalid", code)
+            assert.matches("webhook was rejected %(HTTP 400%)", msg)
+        end)
+    end)
+
+    describe("caller tables with metamethods are read raw, once", function()
+        local function proxy(t, calls)
+            return setmetatable({}, { __index = function(_, k)
+                calls.n = calls.n + 1
+                local v = t[k]
+                -- a fresh string each time, as a hostile __index would make them
+                return type(v) == "string" and (v .. "x"):sub(1, -2) or v
+            end })
+        end
+
+        it("drift: entries whose fields come from __index are refused, no metamethod runs", function()
+            local calls = { n = 0 }
+            local base = { proxy({ name = "A", value = "1", masked = false }, calls) }
+            local r, msg, code = core.drift(base, { { name = "A", value = "2", masked = false } })
+            assert.is_nil(r)
+            assert.equals("invalid", code)
+            assert.matches("baseline%[1%] has no string name", msg)
+            assert.equals(0, calls.n)
+        end)
+
+        it("drift: the strings it keeps survive collections while it runs", function()
+            local b, t = {}, {}
+            for i = 1, 2000 do
+                b[i] = { name = ("V%04d"):format(i), value = ("b"):rep(40) .. i, masked = i % 3 == 0 }
+                t[i] = { name = ("V%04d"):format(i), value = ("t"):rep(40) .. i, masked = i % 3 == 0 }
+            end
+            collectgarbage("step")
+            local items = assert(core.drift(b, t))
+            assert.equals(2000, #items)
+            assert.equals("V0001", items[1].variable)
+            assert.equals(("b"):rep(40) .. "1", items[1].baseline)
+            assert.equals("***", items[3].baseline)
+        end)
+
+        it("batch: an entry whose fields come from __index raises, no metamethod runs", function()
+            local c = client()
+            local calls = { n = 0 }
+            local entry = proxy({ op = "get", action = A1, env = "dev" }, calls)
+            local ok, err = pcall(c.batch, c, { entry })
+            assert.is_false(ok)
+            assert.matches("request #1: 'op' must be a string, got nil", err)
+            assert.equals(0, calls.n)
+        end)
+
+        it("batch: a payload read once; a flipping __index cannot reach the request", function()
+            local c = client()
+            local calls = { n = 0 }
+            local flip = 0
+            local payload = setmetatable({ actionId = A1, environmentId = "dev", variables = {} }, {
+                __index = function() calls.n = calls.n + 1; flip = flip + 1; return flip end })
+            local res = c:batch({ { op = "patch", payload = payload } })
+            assert.is_true(res[1].ok, res[1].error)
+            assert.equals(0, calls.n)
+        end)
+
+        it("client options are read raw", function()
+            local calls = { n = 0 }
+            local opts = proxy({ client_id = D.client_id, client_secret = D.client_secret,
+                                 base_url = sim.url }, calls)
+            local ok, err = pcall(core.client, opts)
+            assert.is_false(ok)
+            assert.matches("client_id", err)
+            assert.equals(0, calls.n)
+        end)
+    end)
+
+    describe("a server that echoes a masked value", function()
+        it("the echo (422 quoting the body) shows no piece of a UTF-8 masked value", function()
+            local c = client()
+            sim:fault{ method = "PATCH", path = VARS, kind = "echo" }
+            local r, msg, code = c:patch(masked_payload(CANARY))
+            assert.is_nil(r)
+            assert.equals("invalid", code)
+            assert.matches("HTTP 422", msg)
+            assert.matches("[redacted]", msg, 1, true)
+            assert.matches("PLAIN", msg, 1, true) -- the rest of the echo is still shown
+            assert_no_piece(msg, CANARY, "the message")
+        end)
+
+        it("a secret that straddles the 240-byte cut leaves no prefix", function()
+            local c = client()
+            for _, secret in ipairs{ "ascii-canary-secret-0123456789", CANARY } do
+                local body = '{"error":"bad","message":"' .. ("m"):rep(230) .. secret:gsub("\t", "\\t") .. '"}'
+                sim:fault{ method = "PATCH", path = VARS, kind = "status", status = 422, body = body }
+                local r, msg = c:patch(masked_payload(secret))
+                assert.is_nil(r)
+                assert.matches(("m"):rep(200), msg)
+                assert_no_piece(msg, secret, "the message")
+            end
+        end)
+
+        it("an echo re-encoded to ASCII JSON (\\u00fc) is scrubbed too", function()
+            local c = client()
+            for _, hex in ipairs{ "%02x", "%02X" } do
+                local ascii = CANARY:gsub("\t", "\\t"):gsub("\xc3([\x80-\xbf])", function(b)
+                    return "\\u00" .. hex:format(0xC0 + b:byte() - 0x80)
+                end)
+                assert.matches("\\u00", ascii, 1, true)
+                -- the message holds the escaped text itself (its backslashes escaped in the body)
+                local body = '{"message":"rejected: {\\"value\\":\\"' .. ascii:gsub("\\", "\\\\") .. '\\"}"}'
+                sim:fault{ method = "PATCH", path = VARS, kind = "status", status = 422, body = body }
+                local r, msg = c:patch(masked_payload(CANARY))
+                assert.is_nil(r)
+                assert.matches("rejected: {\"value\":\"[redacted]\"}", msg, 1, true)
+            end
+        end)
+
+        it("a server text cut inside a secret leaves no prefix of it", function()
+            local c = client()
+            local body = '{"message":"value was ' .. CANARY:sub(1, 12) .. '"}'
+            sim:fault{ method = "PATCH", path = VARS, kind = "status", status = 422, body = body }
+            local r, msg = c:patch(masked_payload(CANARY))
+            assert.is_nil(r)
+            assert.matches("value was [redacted]", msg, 1, true)
+            assert_no_piece(msg, CANARY, "the message")
+        end)
+
+        it("the client secret in a 403's required_scope is scrubbed, encoded or not", function()
+            local c = client()
+            local body = '{"required_scope":"x' .. D.client_secret .. 'y"}'
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 403, body = body }
+            local r, msg, code = c:get(A1, "dev")
+            assert.is_nil(r)
+            assert.equals("scope", code)
+            assert.is_nil(msg:find(D.client_secret, 1, true))
+            assert.matches("x[redacted]y", msg, 1, true)
+        end)
+
+        it("`cxone apply` against an echoing server: stdout, stderr and the audit trail stay clean", function()
+            local work = simlib.tmpdir()
+            simlib.write_file(work .. "/book.lua", ([[
+return { { action = %q, tier = "development",
+           variables = { HOSTILE_KEY = { value = env("HOSTILE_SECRET"), masked = true }, PLAIN = "x" } } }
+]]):format(A1))
+            sim:fault{ method = "PATCH", path = VARS, kind = "echo", count = 5 }
+            local env = simlib.sim_env(sim, work)
+            env.HOSTILE_SECRET = CANARY
+            local code, out, err = cli({ "apply", "--yes", work .. "/book.lua" }, env)
+            local audit = simlib.read_file(work .. "/audit.jsonl") or ""
+            os.execute("rm -rf " .. sh(work))
+            assert.equals(1, code, err)
+            assert.matches("HTTP 422", out .. err)
+            assert.matches("apply.finished", audit, 1, true)
+            for what, text in pairs{ stdout = out, stderr = err, audit = audit } do
+                assert_no_piece(text, CANARY, what)
+            end
+        end)
+    end)
+
+    describe("ETags", function()
+        local GOOD = '{"actionId":"' .. A1 .. '","environmentId":"dev","variables":[]}'
+
+        it("an ETag over 255 bytes is a `format` failure, never silently dropped", function()
+            local c = client()
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = GOOD,
+                       headers = { ETag = '"' .. ("e"):rep(300) .. '"' } }
+            local r, msg, code = c:get(A1, "dev")
+            assert.is_nil(r)
+            assert.equals("format", code)
+            assert.matches("ETag", msg)
+        end)
+
+        it("a malformed ETag (unquoted, spaces, control characters) is a `format` failure", function()
+            local c = client()
+            for _, bad in ipairs{ "abc", '"a b"', '"a\1b"', 'W/abc', '"' } do
+                sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = GOOD,
+                           headers = { ETag = bad } }
+                local r, _, code = c:get(A1, "dev")
+                assert.is_nil(r, bad)
+                assert.equals("format", code, bad)
+            end
+        end)
+
+        it("a 255-byte ETag is kept whole and usable as If-Match", function()
+            local c = client()
+            local tag = 'W/"' .. ("t"):rep(251) .. '"'
+            assert.equals(255, #tag)
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = GOOD,
+                       headers = { ETag = tag } }
+            local r, meta = c:get(A1, "dev")
+            assert.is_table(r, meta)
+            assert.equals(tag, meta.etag)
+            -- the sim's own ETag differs, so the conditional write is refused: it was sent
+            local ok, _, code = c:patch({ actionId = A1, environmentId = "dev", variables = {} },
+                                        { if_match = tag })
+            assert.is_nil(ok)
+            assert.equals("conflict", code)
+        end)
+
+        it("`cxone apply` writes nothing when the target's ETag is unusable", function()
+            local work = simlib.tmpdir()
+            simlib.write_file(work .. "/book.lua", ([[
+return { { action = %q, tier = "development", variables = { ETAG_TEST = "1" } } }
+]]):format(A1))
+            local patches = sim:count("PATCH")
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = GOOD, count = 10,
+                       headers = { ETag = '"' .. ("e"):rep(400) .. '"' } }
+            local code, out, err = cli({ "apply", "--yes", work .. "/book.lua" }, simlib.sim_env(sim, work))
+            os.execute("rm -rf " .. sh(work))
+            assert.equals(1, code, out .. err)
+            assert.matches("ETag", out .. err)
+            assert.equals(patches, sim:count("PATCH"))
+        end)
+    end)
+
+    it("the debug trace prints no raw control characters", function()
+        sim:fault{ method = "POST", path = "/oauth/token", kind = "status", status = 400,
+                   body = '{"error":"invalid_client\\u001b[2J"}', headers = { ["X-Evil"] = "a\27[2Jb\7" } }
+        local env = simlib.sim_env(sim, dir)
+        env.CXONE_DEBUG = "1"
+        env.CXONE_CLIENT_ID = "id\27[31mred"
+        local code, out, err = cli({ "vars", A1, "development" }, env)
+        assert.equals(1, code)
+        assert.matches("X-Evil", err, 1, true) -- the header was traced ...
+        assert.is_nil(err:find("[%z\1-\8\11-\31\127]"), "raw control character in: " .. err) -- ... cleaned
+        assert.is_nil(out:find("\27", 1, true))
+    end)
+
+    describe("webhooks", function()
+        local wr = dofile(simlib.ROOT .. "/examples/webhook_receiver.lua")
+
+        it("are signed t=<unix>,v1=<HMAC of t.body>, and the example receiver verifies them", function()
+            local c = client()
+            local t0 = os.time()
+            assert.is_true((c:webhook(sim.url .. "/_sim/webhooks/h2a", { event = "applied" }, { secret = "k3y" })))
+            local ev = sim:get_json("/_sim/webhooks/h2a").events[1]
+            local header = ev.headers["x-cxone-signature"]
+            local t, sigs = wr.parse(header)
+            assert.is_true(t >= t0 and t <= os.time(), header)
+            local body = core.json_encode(ev.body)
+            assert.equals(core.hmac_sha256("k3y", t .. "." .. body), sigs[1])
+            assert.is_true(wr.verify("k3y", header, body))
+        end)
+
+        it("the receiver rejects a replay older than five minutes, a tampered body and a wrong key", function()
+            local body = '{"event":"applied"}'
+            local function header(t, key, b) return ("t=%d,v1=%s"):format(t, core.hmac_sha256(key, t .. "." .. b)) end
+            local now = 1800000000
+            assert.is_true(wr.verify("k", header(now - 299, "k", body), body, now))
+            local ok, why = wr.verify("k", header(now - 301, "k", body), body, now)
+            assert.is_nil(ok)
+            assert.matches("too old", why)
+            assert.is_nil((wr.verify("k", header(now, "k", body), body .. " ", now)))
+            assert.is_nil((wr.verify("k", header(now, "other", body), body, now)))
+            assert.is_nil((wr.verify("k", header(now + 301, "k", body), body, now)))
+            -- the signed time cannot be moved without breaking the signature
+            local h = header(now - 1000, "k", body):gsub("^t=%d+", "t=" .. now)
+            assert.is_nil((wr.verify("k", h, body, now)))
+            assert.is_nil((wr.verify("k", "sha256=" .. core.hmac_sha256("k", body), body, now)))
+        end)
+
+        it("the example receiver runs as a command", function()
+            local t = os.time()
+            local body = '{"event":"x"}'
+            local path = dir .. "/body"
+            simlib.write_file(path, body)
+            local run = function(hdr)
+                return simlib.capture(("LUA_CPATH=%s %s %s k %s < %s"):format(sh(os.getenv("CXONE_BUILD") .. "/?.so;;"),
+                    os.getenv("CXONE_LUA") or "lua5.4", sh(simlib.ROOT .. "/examples/webhook_receiver.lua"), sh(hdr), sh(path)))
+            end
+            assert.equals("ok\n", run(("t=%d,v1=%s"):format(t, core.hmac_sha256("k", t .. "." .. body))))
+            assert.matches("too old", run(("t=%d,v1=%s"):format(t - 600, core.hmac_sha256("k", (t - 600) .. "." .. body))))
+        end)
+    end)
+
+    describe("core dumps", function()
+        it("no_core_dumps sets RLIMIT_CORE to 0 for the process", function()
+            local lua = os.getenv("CXONE_LUA") or "lua5.4"
+            local out = simlib.capture(("LUA_CPATH=%s %s -e %s"):format(sh(os.getenv("CXONE_BUILD") .. "/?.so;;"), lua, sh([[
+                local core = require "cxone.core"
+                local before = io.open("/proc/self/limits"):read("*a"):match("Max core file size%s+(%S+)")
+                assert(core.no_core_dumps())
+                local soft, hard = io.open("/proc/self/limits"):read("*a"):match("Max core file size%s+(%S+)%s+(%S+)")
+                io.write(before, "|", soft, " ", hard)
+            ]])))
+            assert.equals("|0 0", out:match("|.*$"))
+        end)
+
+        it("a running `cxone` has RLIMIT_CORE 0", function()
+            -- the playbook runs inside the cxone process and reports its own limits
+            local work = simlib.tmpdir()
+            simlib.write_file(work .. "/probe.lua", ([[
+local f = io.open("/proc/self/limits")
+local line = f:read("*a"):match("Max core file size[^\n]*")
+f:close()
+local o = io.open(%q, "w")
+o:write(line)
+o:close()
+return {}
+]]):format(work .. "/limits"))
+            cli({ "plan", work .. "/probe.lua" }, simlib.sim_env(sim, work))
+            local line = simlib.read_file(work .. "/limits")
+            os.execute("rm -rf " .. sh(work))
+            assert.is_string(line)
+            assert.matches("^Max core file size%s+0%s+0%s", line)
+        end)
+    end)
+
+    it("validate never names a forbidden character of a value whose masked is not a boolean", function()
+        for _, m in ipairs{ "yes", 1, {} } do
+            local ok, v = core.validate({ actionId = A1, environmentId = "dev",
+                variables = { { name = "K", value = "pa$$w0rd;secret", masked = m } } })
+            assert.is_nil(ok)
+            local text = tostring(v)
+            assert.matches("variables%[1%]%.masked must be a boolean", text)
+            local codes = {}
+            for _, x in ipairs(v) do codes[x.code] = true end
+            assert.is_true(codes.forbidden_char, text)
+            assert.is_nil(codes.secret_too_short, text)
+            assert.is_nil(text:find("contains $", 1, true), text)
+            assert.is_nil(text:find("contains ;", 1, true), text)
+        end
+        -- masked = false: not a secret, so the characters are named (the message helps)
+        local _, v = core.validate({ actionId = A1, environmentId = "dev",
+            variables = { { name = "K", value = "a;b", masked = false } } })
+        assert.matches("contains ;", tostring(v), 1, true)
+    end)
+
+    it("json_encode under LuaJIT treats numbers beyond 2^53 as floats (the range-checked shim)", function()
+        if not jit then return end
+        assert.equals("1.152921504606847e+18", core.json_encode(2 ^ 60))
+        assert.equals("1e+300", core.json_encode(1e300))
+        assert.equals("9007199254740992", core.json_encode(2 ^ 53))
+    end)
+end)
