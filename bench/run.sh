@@ -19,3 +19,6 @@ lua5.4 "$SRC/bench/apply_bench.lua" "$SRC" "$BUILD"
 echo
 echo "== cxone.Client: sequential vs batch"
 BUILD="$BUILD" "$SRC/bench/net_bench.sh" 500 3
+echo
+echo "== embedded hosts: /ping while 20 delayed calls are in flight"
+"$SRC/bench/embed_bench.sh" "$BUILD"

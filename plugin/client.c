@@ -5,10 +5,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cxone.h"
 #include "http.h"
+#include "wire.h"
 
 #define CLIENT_MT "cxone.Client"
 #define BATCH_MT "cxone.Batch"
@@ -128,15 +130,33 @@ static int header_value_ok(const char *s, size_t n)
     return 1;
 }
 
+/* Pushes t[field] read raw: a caller's table runs no metamethod inside the client, so the
+ * strings read here stay referenced by the table (and valid) after they are popped. */
+static int rawfield(lua_State *L, int t, const char *field)
+{
+    t = lua_absindex(L, t);
+    lua_pushstring(L, field);
+    return lua_rawget(L, t);
+}
+
+/* If-Match values: printable ASCII, up to 255 bytes (the longest ETag the transport keeps). */
+static int if_match_ok(const char *s, size_t n)
+{
+    if (n == 0 || n > 255) return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) return 0;
+    return 1;
+}
+
 /* Reads an optional string field of the table at idx (raising an argument error naming it). */
 static const char *opt_str(lua_State *L, int idx, int argn, const char *field, size_t *len)
 {
     if (lua_isnoneornil(L, idx)) return NULL;
-    lua_getfield(L, idx, field);
+    rawfield(L, idx, field);
     if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
     if (lua_type(L, -1) != LUA_TSTRING) {
         const char *m = lua_pushfstring(L, "option '%s' must be a string, got %s", field,
-                                        luaL_typename(L, -2));
+                                        luaL_typename(L, -1));
         luaL_argerror(L, argn, m);
     }
     const char *s = lua_tolstring(L, -1, len);
@@ -276,37 +296,160 @@ static void sanitize(const char *s, size_t n, char *out, size_t cap)
     out[j] = '\0';
 }
 
-/* Reads string field `key` of the JSON error body of x into out ("" if none). Decodes through
- * Lua: only called once the engine has finished. */
-static void error_field(lua_State *L, const cxone_xfer *x, const char *key, char *out, size_t cap)
+/* Appends s[0..n) JSON-quoted with every non-ASCII character as a \\uXXXX escape (hex digits in
+ * the given case), as encoders that escape to ASCII write it. Invalid UTF-8 is left as is. */
+static void json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper)
+{
+    const char *hex = upper ? "0123456789ABCDEF" : "0123456789abcdef";
+    cxone_buf plain;
+    cxone_buf_init(&plain);
+    cxone_json_quote(&plain, s, n); /* escapes for ASCII, as ours */
+    if (plain.oom || !plain.p) { out->oom = 1; cxone_buf_free(&plain); return; }
+    const unsigned char *p = (const unsigned char *)plain.p, *e = p + plain.len;
+    while (p < e) {
+        unsigned c = *p, cp = 0, k = 0;
+        if (c < 0x80) { cxone_buf_addc(out, (char)c); p++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) { cp = c & 0x1F; k = 1; }
+        else if (c >= 0xE0 && c <= 0xEF) { cp = c & 0x0F; k = 2; }
+        else if (c >= 0xF0 && c <= 0xF4) { cp = c & 0x07; k = 3; }
+        if (!k || (size_t)(e - p) <= k || !cxone_utf8_valid(p, k + 1)) {
+            cxone_buf_addc(out, (char)c);
+            p++;
+            continue;
+        }
+        for (unsigned i = 1; i <= k; i++) cp = (cp << 6) | (p[i] & 0x3F);
+        p += k + 1;
+        unsigned units[2] = {cp, 0}, nu = 1;
+        if (cp >= 0x10000) {
+            units[0] = 0xD800 + ((cp - 0x10000) >> 10);
+            units[1] = 0xDC00 + ((cp - 0x10000) & 0x3FF);
+            nu = 2;
+        }
+        for (unsigned u = 0; u < nu; u++) {
+            char esc[6] = {'\\', 'u', hex[(units[u] >> 12) & 15], hex[(units[u] >> 8) & 15],
+                           hex[(units[u] >> 4) & 15], hex[units[u] & 15]};
+            cxone_buf_add(out, esc, 6);
+        }
+    }
+    cxone_buf_free(&plain);
+}
+
+#define SECRET_FORMS 4 /* as sent, JSON-quoted, JSON-quoted to ASCII (lower and upper case hex) */
+
+/* Pushes what no message may show, and points *spans (*ns of them) at it: the masked values
+ * of the payload at idx (0 if none) as sent and in the forms a server echoing our JSON body
+ * shows them, the client secrets and the token. Returns the GC-owned buffer holding the
+ * derived forms (the caller wipes it when done). Stack: ..., forms, spans. */
+static cxone_buf *push_secrets(lua_State *L, const cxone_http *h, int payload, cxone_span **spans,
+                               size_t *ns)
+{
+    cxone_buf *forms = cxone_buf_push(L);
+    int base = lua_gettop(L);
+    size_t nvars = 0;
+    int vars = 0;
+    if (payload && lua_type(L, payload) == LUA_TTABLE) {
+        if (rawfield(L, payload, "variables") == LUA_TTABLE) {
+            vars = lua_gettop(L);
+            nvars = (size_t)lua_rawlen(L, vars);
+        } else {
+            lua_pop(L, 1);
+        }
+    }
+    if (nvars > (1u << 20)) nvars = 1u << 20;
+    /* per masked value: the raw string (referenced by the payload, which is on the stack) and
+     * the [start, end) offsets of its derived forms in `forms` */
+    typedef struct { const char *p; size_t n, off[SECRET_FORMS - 1][2]; } masked_t;
+    masked_t *mv = lua_newuserdatauv(L, (nvars + 1) * sizeof *mv, 0);
+    size_t nm = 0;
+    for (size_t i = 1; i <= nvars; i++) {
+        lua_rawgeti(L, vars, (lua_Integer)i);           /* entry */
+        if (lua_type(L, -1) == LUA_TTABLE) {
+            rawfield(L, -1, "masked");                   /* entry, masked */
+            int masked = lua_toboolean(L, -1);
+            lua_pop(L, 1);                               /* entry */
+            if (masked && rawfield(L, -1, "value") == LUA_TSTRING) { /* entry, value */
+                masked_t *m = &mv[nm++];
+                m->p = lua_tolstring(L, -1, &m->n);
+                for (int f = 0; f < SECRET_FORMS - 1; f++) {
+                    m->off[f][0] = forms->len;
+                    if (f == 0) cxone_json_quote(forms, m->p, m->n);
+                    else json_quote_ascii(forms, m->p, m->n, f == 2);
+                    m->off[f][1] = forms->len;
+                }
+            }
+            lua_pop(L, 1);                               /* entry (or value) */
+        }
+        lua_pop(L, 1);                                   /* entry (or the non-table) */
+    }
+    cxone_span *sp = lua_newuserdatauv(L, (SECRET_FORMS * nm + 3) * sizeof *sp, 0);
+    size_t n = 0;
+    for (size_t i = 0; i < nm; i++) {
+        sp[n++] = (cxone_span){mv[i].p, mv[i].n};
+        for (int f = 0; f < SECRET_FORMS - 1 && !forms->oom; f++) {
+            size_t a = mv[i].off[f][0] + 1, b = mv[i].off[f][1] - 1; /* without the quotes */
+            if (b > a) sp[n++] = (cxone_span){forms->p + a, b - a};
+        }
+    }
+    const char *sec[] = {h->client_secret, h->key_secret,
+                         h->bearer_hdr ? h->bearer_hdr + h->bearer_prefix : NULL};
+    for (size_t i = 0; i < 3; i++)
+        if (sec[i]) sp[n++] = (cxone_span){sec[i], strlen(sec[i])};
+    /* stack: forms, [variables], mv, spans: keep forms and spans only */
+    lua_replace(L, base + 1);
+    lua_settop(L, base + 1);
+    *spans = sp;
+    *ns = n;
+    return forms;
+}
+
+/* Reads string field `key` of the JSON error body of x into out ("" if none), made safe to
+ * show: masked values (payload at idx, 0 if none), secrets and the token are scrubbed from the
+ * whole server text first, in bytes (so any encoding), then it is cut (never leaving the start
+ * of a secret at the cut), then reduced to printable ASCII. Decodes through Lua: only called
+ * once the engine has finished. */
+static void error_field(lua_State *L, const cxone_http *h, const cxone_xfer *x, int payload,
+                        const char *key, char *out, size_t cap)
 {
     char err[64];
     out[0] = '\0';
     if (!x->resp.p || x->resp.len == 0) return;
+    int top = lua_gettop(L);
     if (!cxone_json_decode(L, x->resp.p, x->resp.len, err, sizeof err)) return;
-    if (lua_type(L, -1) == LUA_TTABLE) {
-        lua_getfield(L, -1, key);
+    if (lua_type(L, -1) == LUA_TTABLE && rawfield(L, -1, key) == LUA_TSTRING) {
         size_t n;
-        const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &n) : NULL;
-        if (s) sanitize(s, n, out, cap);
-        lua_pop(L, 1);
+        const char *s = lua_tolstring(L, -1, &n);
+        cxone_span *spans;
+        size_t ns;
+        cxone_buf *forms = push_secrets(L, h, payload, &spans, &ns);
+        cxone_buf *clean = cxone_buf_push(L);
+        cxone_scrub_into(clean, s, n, spans, ns);
+        size_t m = clean->len;
+        if (!clean->oom && m > 0) {
+            if (m > cap - 1) {
+                m = cap - 1;
+                cxone_scrub_cut(clean->p, &m, spans, ns);
+            }
+            sanitize(clean->p, m, out, cap);
+        }
+        cxone_buf_free(clean); /* wiped now */
+        cxone_buf_free(forms);
     }
-    lua_pop(L, 1);
+    lua_settop(L, top);
 }
 
 /* Removes the masked values of the payload at idx (if any) from msg. */
 static void scrub_masked(lua_State *L, int payload, char *msg, size_t cap)
 {
     if (payload == 0 || lua_type(L, payload) != LUA_TTABLE) return;
-    lua_getfield(L, payload, "variables");
+    rawfield(L, payload, "variables");
     if (lua_type(L, -1) == LUA_TTABLE) {
         size_t n = (size_t)lua_rawlen(L, -1);
         for (size_t i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, (lua_Integer)i);
             if (lua_type(L, -1) == LUA_TTABLE) {
-                lua_getfield(L, -1, "masked");
+                rawfield(L, -1, "masked");
                 int masked = lua_toboolean(L, -1);
-                lua_getfield(L, -2, "value");
+                rawfield(L, -2, "value");
                 size_t vl;
                 const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
                 if (masked && v) cxone_scrub_value(msg, cap, v, vl);
@@ -356,7 +499,7 @@ static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, 
                  "that client %s is still authorised", h->client_id);
     } else if (st == 403) {
         code = "scope";
-        error_field(L, x, "required_scope", server, sizeof server);
+        error_field(L, h, x, payload, "required_scope", server, sizeof server);
         if (server[0])
             snprintf(msg, cap, "permission denied (HTTP 403): grant the scope '%s' to client %s",
                      server, h->client_id);
@@ -380,8 +523,8 @@ static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, 
         snprintf(msg, cap, "server error (HTTP %ld) after %d attempt%s", st, tries, pl);
     } else if (st >= 400 && st < 500) {
         code = "invalid";
-        error_field(L, x, "message", server, sizeof server);
-        if (!server[0]) error_field(L, x, "error", server, sizeof server);
+        error_field(L, h, x, payload, "message", server, sizeof server);
+        if (!server[0]) error_field(L, h, x, payload, "error", server, sizeof server);
         snprintf(msg, cap, "the %s was rejected (HTTP %ld)%s%s", op == OP_WEBHOOK ? "webhook" : "request",
                  st, server[0] ? ": " : "", server);
     } else {
@@ -473,8 +616,9 @@ static void prepare(lua_State *L, cxone_http *h, cxone_xfer *x, int op, const ch
         x->fail_code = "invalid";
         return;
     }
-    if (if_match && !header_value_ok(if_match, strlen(if_match))) {
-        snprintf(x->fail_msg, sizeof x->fail_msg, "if_match must be 1-200 printable ASCII characters");
+    /* an ETag the transport accepted (up to 255 bytes) must be usable as If-Match */
+    if (if_match && !if_match_ok(if_match, strlen(if_match))) {
+        snprintf(x->fail_msg, sizeof x->fail_msg, "if_match must be 1-255 printable ASCII characters");
         x->fail_code = "invalid";
         return;
     }
@@ -497,12 +641,15 @@ static void prepare(lua_State *L, cxone_http *h, cxone_xfer *x, int op, const ch
         x->has_body = 1;
         oom |= api_url(x, h, action, env, NULL);
         char err[160];
-        /* reserve up front so that masked values are not left behind by reallocations */
-        cxone_sbuf_reserve(&x->body, 16384);
+        /* encode into a scratch buffer (wiped as it grows and when freed), then copy once into a
+         * body of the exact size: no reallocation ever leaves a masked value behind */
         cxone_buf tmp;
         cxone_buf_init(&tmp);
         int rc = cxone_json_encode(L, payload, &tmp, err, sizeof err);
-        if (rc == 0 && !tmp.oom) cxone_sbuf_add(&x->body, tmp.p ? tmp.p : "", tmp.len);
+        if (rc == 0 && !tmp.oom) {
+            cxone_sbuf_reserve(&x->body, tmp.len + 1);
+            cxone_sbuf_add(&x->body, tmp.p ? tmp.p : "", tmp.len);
+        }
         cxone_sbuf_wipe(&tmp);
         if (rc != 0) {
             snprintf(x->fail_msg, sizeof x->fail_msg, "payload cannot be encoded as JSON: %s", err);
@@ -536,10 +683,10 @@ static void prepare(lua_State *L, cxone_http *h, cxone_xfer *x, int op, const ch
 /* payload.actionId / payload.environmentId, raising an argument error if not strings. */
 static const char *payload_id(lua_State *L, int payload, int argn, const char *field)
 {
-    lua_getfield(L, payload, field);
+    rawfield(L, payload, field);
     if (lua_type(L, -1) != LUA_TSTRING) {
         const char *m = lua_pushfstring(L, "payload.%s must be a string, got %s", field,
-                                        luaL_typename(L, -2));
+                                        luaL_typename(L, -1));
         luaL_argerror(L, argn, m);
     }
     const char *s = lua_tostring(L, -1);
@@ -662,13 +809,14 @@ static int m_build(lua_State *L)
 }
 
 /***
- * POSTs a JSON event to a CI/CD webhook, signed with X-Signature: sha256=<HMAC> when a
- * secret is given. Failures are returned, never raised. Retried only when the event surely
- * was not processed (connection refused, 429, 503).
+ * POSTs a JSON event to a CI/CD webhook. With a secret it is signed:
+ * `X-Cxone-Signature: t=<unix time>,v1=<hex HMAC-SHA-256 of "<t>.<body>">`, so a receiver
+ * can check both the body and its age (and reject replays). Failures are returned, never
+ * raised. Retried only when the event surely was not processed (connection refused, 429, 503).
  * @function Client:webhook
  * @tparam string url
  * @tparam table event
- * @tparam[opt] table opts {secret=}
+ * @tparam[opt] table opts {secret=, timestamp=} (timestamp: the unix time to sign, default now)
  * @treturn[1] boolean true
  * @treturn[1] table meta
  * @treturn[2] fail plus meta (config for a refused URL, invalid for an unencodable event)
@@ -682,6 +830,8 @@ static int m_webhook(lua_State *L)
     check_opts_table(L, 4);
     size_t sl = 0;
     const char *secret = opt_str(L, 4, 4, "secret", &sl);
+    lua_Integer ts = cxone_opt_integer(L, 4, "timestamp", (lua_Integer)time(NULL));
+    luaL_argcheck(L, ts >= 0, 4, "option 'timestamp' must be a unix time (>= 0)");
     char why[400];
     /* the webhook URL is never echoed: it may carry a token in its query */
     if (check_url("the webhook URL", url, 0, 1, why, sizeof why) != 0) {
@@ -705,12 +855,19 @@ static int m_webhook(lua_State *L)
     oom |= cxone_xfer_header(x, "Content-Type: application/json");
     oom |= cxone_xfer_header(x, "Expect:");
     if (secret && !oom) {
-        char hex[65], line[96];
-        if (cxone_hmac_sha256_hex(secret, sl, x->body.p ? x->body.p : "", x->body.len, hex) != 0) {
+        char hex[65], line[128];
+        cxone_buf signed_text; /* "<t>.<body>" */
+        cxone_buf_init(&signed_text);
+        cxone_buf_addf(&signed_text, "%lld.", (long long)ts);
+        cxone_buf_add(&signed_text, x->body.p ? x->body.p : "", x->body.len);
+        int bad = signed_text.oom
+            || cxone_hmac_sha256_hex(secret, sl, signed_text.p, signed_text.len, hex) != 0;
+        cxone_buf_free(&signed_text);
+        if (bad) {
             cxone_xfer_reset(x);
             return cxone_fail(L, "memory", "libcrypto failed to sign the webhook body");
         }
-        snprintf(line, sizeof line, "X-Signature: sha256=%s", hex);
+        snprintf(line, sizeof line, "X-Cxone-Signature: t=%lld,v1=%s", (long long)ts, hex);
         oom |= cxone_xfer_header(x, line);
     }
     if (oom) {
@@ -747,12 +904,11 @@ static int batch_gc(lua_State *L)
 
 static const char *req_str(lua_State *L, int t, size_t i, const char *field, int required)
 {
-    lua_getfield(L, t, field);
-    int ty = lua_type(L, -1);
+    int ty = rawfield(L, t, field);
     if (ty == LUA_TNIL && !required) { lua_pop(L, 1); return NULL; }
     if (ty != LUA_TSTRING) {
         const char *m = lua_pushfstring(L, "request #%d: '%s' must be a string, got %s", (int)i, field,
-                                        luaL_typename(L, -2));
+                                        luaL_typename(L, -1));
         luaL_argerror(L, 2, m);
     }
     const char *s = lua_tostring(L, -1);
@@ -780,7 +936,26 @@ static int m_batch(lua_State *L)
     luaL_argcheck(L, conc >= 1 && conc <= CXH_MAX_CONCURRENCY, 3, "option 'concurrency' must be in [1, 64]");
     size_t n = (size_t)lua_rawlen(L, 2);
 
-    /* pass 1: check argument types, so that misuse raises before anything is allocated */
+    /* the transfers live in a userdata so that any error below frees them */
+    batch_t *b = cxone_newudata_gc(L, sizeof *b, BATCH_MT, batch_gc);
+    int bidx = lua_gettop(L);
+    if (n > 0) {
+        b->x = calloc(n, sizeof *b->x);
+        b->px = calloc(n, sizeof *b->px);
+        b->idem = calloc(n, sizeof *b->idem);
+        if (!b->x || !b->px || !b->idem) return cxone_fail(L, "memory", "out of memory preparing the batch");
+        b->n = n;
+        for (size_t i = 0; i < n; i++) {
+            cxone_xfer_init(&b->x[i]);
+            b->px[i] = &b->x[i];
+        }
+    }
+    int *opk = n ? lua_newuserdatauv(L, n * sizeof(int), 0) : NULL;
+    lua_createtable(L, (int)n, 0); /* the payloads as read, for scrubbing the results */
+    int pidx = lua_gettop(L);
+    /* One pass: each entry and each of its fields is read once, raw (a metamethod cannot
+     * answer differently on a second read), checked, and turned into a request. Misuse
+     * raises an argument error before anything is sent; the userdata above is collected. */
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i);
         if (lua_type(L, -1) != LUA_TTABLE) {
@@ -797,64 +972,28 @@ static int m_batch(lua_State *L)
                                             (int)i, op);
             luaL_argerror(L, 2, m);
         }
-        req_str(L, t, i, "if_match", 0);
-        req_str(L, t, i, "idempotency_key", 0);
-        if (k == OP_PATCH || k == OP_PUT) {
-            lua_getfield(L, t, "payload");
-            if (lua_type(L, -1) != LUA_TTABLE) {
-                const char *m = lua_pushfstring(L, "request #%d: 'payload' must be a table", (int)i);
-                luaL_argerror(L, 2, m);
-            }
-            int p = lua_gettop(L);
-            for (int f = 0; f < 2; f++) {
-                const char *field = f ? "environmentId" : "actionId";
-                lua_getfield(L, p, field);
-                if (lua_type(L, -1) != LUA_TSTRING) {
-                    const char *m = lua_pushfstring(L, "request #%d: payload.%s must be a string",
-                                                    (int)i, field);
-                    luaL_argerror(L, 2, m);
-                }
-                lua_pop(L, 1);
-            }
-            lua_pop(L, 1);
-        } else {
-            req_str(L, t, i, "action", 1);
-            if (k == OP_GET) req_str(L, t, i, "env", 1);
-        }
-        lua_pop(L, 1);
-    }
-
-    /* the transfers live in a userdata so that any error below frees them */
-    batch_t *b = cxone_newudata_gc(L, sizeof *b, BATCH_MT, batch_gc);
-    int bidx = lua_gettop(L);
-    if (n > 0) {
-        b->x = calloc(n, sizeof *b->x);
-        b->px = calloc(n, sizeof *b->px);
-        b->idem = calloc(n, sizeof *b->idem);
-        if (!b->x || !b->px || !b->idem) return cxone_fail(L, "memory", "out of memory preparing the batch");
-        b->n = n;
-        for (size_t i = 0; i < n; i++) {
-            cxone_xfer_init(&b->x[i]);
-            b->px[i] = &b->x[i];
-        }
-    }
-    /* pass 2: build the requests */
-    int *opk = n ? lua_newuserdatauv(L, n * sizeof(int), 0) : NULL;
-    for (size_t i = 1; i <= n; i++) {
-        lua_rawgeti(L, 2, (lua_Integer)i);
-        int t = lua_gettop(L);
-        const char *op = req_str(L, t, i, "op", 1);
-        int k = 0;
-        while (strcmp(op_names[k], op) != 0) k++;
         opk[i - 1] = k;
         const char *if_match = req_str(L, t, i, "if_match", 0);
         const char *idem = req_str(L, t, i, "idempotency_key", 0);
         cxone_xfer *x = &b->x[i - 1];
         if (k == OP_PATCH || k == OP_PUT) {
-            lua_getfield(L, t, "payload");
+            if (rawfield(L, t, "payload") != LUA_TTABLE) {
+                const char *m = lua_pushfstring(L, "request #%d: 'payload' must be a table", (int)i);
+                luaL_argerror(L, 2, m);
+            }
             int p = lua_gettop(L);
-            const char *a = payload_id(L, p, 2, "actionId");
-            const char *e = payload_id(L, p, 2, "environmentId");
+            const char *id[2];
+            for (int f = 0; f < 2; f++) {
+                const char *field = f ? "environmentId" : "actionId";
+                if (rawfield(L, p, field) != LUA_TSTRING) {
+                    const char *m = lua_pushfstring(L, "request #%d: payload.%s must be a string",
+                                                    (int)i, field);
+                    luaL_argerror(L, 2, m);
+                }
+                id[f] = lua_tostring(L, -1);
+                lua_pop(L, 1); /* referenced by the payload */
+            }
+            const char *a = id[0], *e = id[1];
             const char *ra = req_str(L, t, i, "action", 0), *re = req_str(L, t, i, "env", 0);
             prepare(L, h, x, k, a, e, p, if_match, NULL);
             if (!x->fail_code && ((ra && strcmp(ra, a) != 0) || (re && strcmp(re, e) != 0))) {
@@ -863,17 +1002,20 @@ static int m_batch(lua_State *L)
                 snprintf(x->fail_msg, sizeof x->fail_msg,
                          "request #%d: action/env disagree with payload.actionId/environmentId", (int)i);
             }
-            lua_pop(L, 1);
+            lua_rawseti(L, pidx, (lua_Integer)i); /* pops the payload */
         } else if (k == OP_BUILD) {
+            const char *a = req_str(L, t, i, "action", 1);
             if (!idem) {
                 if (cxone_http_uuid4(b->idem[i - 1]) != 0) b->idem[i - 1][0] = '\0';
                 idem = b->idem[i - 1];
             } else {
                 snprintf(b->idem[i - 1], sizeof b->idem[i - 1], "%s", idem);
             }
-            prepare(L, h, x, k, req_str(L, t, i, "action", 1), NULL, 0, NULL, idem[0] ? idem : "x");
+            prepare(L, h, x, k, a, NULL, 0, NULL, idem[0] ? idem : "x");
         } else {
-            prepare(L, h, x, k, req_str(L, t, i, "action", 1), req_str(L, t, i, "env", 1), 0, NULL, NULL);
+            const char *a = req_str(L, t, i, "action", 1);
+            const char *e = req_str(L, t, i, "env", 1);
+            prepare(L, h, x, k, a, e, 0, NULL, NULL);
         }
         lua_pop(L, 1);
     }
@@ -895,9 +1037,7 @@ static int m_batch(lua_State *L)
         } else {
             int payload = 0;
             if (opk[i - 1] == OP_PATCH || opk[i - 1] == OP_PUT) {
-                lua_rawgeti(L, 2, (lua_Integer)i);
-                lua_getfield(L, -1, "payload");
-                lua_remove(L, -2);
+                lua_rawgeti(L, pidx, (lua_Integer)i); /* the payload as read before the run */
                 payload = lua_gettop(L);
             }
             int top = lua_gettop(L);
@@ -1030,4 +1170,18 @@ void cxone_client_open(lua_State *L)
     lua_pop(L, 1);
     lua_pushcfunction(L, l_client);
     lua_setfield(L, -2, "client");
+}
+
+/* ---- shared with wire.c; declared in wire.h ---- */
+
+const char *cxone_bad_id(const char *s, size_t n) { return bad_id(s, n); }
+void cxone_json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper)
+{
+    json_quote_ascii(out, s, n, upper);
+}
+int cxone_header_value_ok(const char *s, size_t n) { return header_value_ok(s, n); }
+int cxone_check_url(const char *what, const char *url, int insecure_http, int allow_query,
+                    char *why, size_t whylen)
+{
+    return check_url(what, url, insecure_http, allow_query, why, whylen);
 }

@@ -17,6 +17,7 @@ void cxone_drift_open(lua_State *L);
 void cxone_audit_open(lua_State *L);
 void cxone_client_open(lua_State *L);
 void cxone_statefile_open(lua_State *L);
+void cxone_wire_open(lua_State *L);
 
 /* The one failure convention: pushes nil, message, code and returns 3.
  * The message is formatted with vsnprintf (no Lua error can escape), so it is safe to call
@@ -47,6 +48,22 @@ void *cxone_newudata_gc(lua_State *L, size_t size, const char *tname, lua_CFunct
 cxone_buf *cxone_buf_push(lua_State *L);
 /* Ensures a NUL after the content (not counted in len); returns 0, or -1 on oom. */
 int cxone_buf_cstr(cxone_buf *b);
+
+/* Scrubbing text a server sent (it may quote what we sent it): a list of byte strings that
+ * must never be shown. */
+typedef struct {
+    const char *p;
+    size_t n;
+} cxone_span;
+#define CXONE_SCRUB_PREFIX_MIN 8 /* a cut-off secret is hidden from this many bytes on */
+/* Appends s[0..n) to out (a wiping buffer) with every occurrence of a secret (of at least 4
+ * bytes) replaced by "[redacted]", and a tail that is the start of a secret (at least
+ * CXONE_SCRUB_PREFIX_MIN bytes, the text was cut inside it) replaced too. Works on bytes: any
+ * encoding, NULs included. */
+void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span *secrets, size_t ns);
+/* Shortens *n so that s[0..*n) does not end with the start of a secret (see above); returns 1
+ * if it did. For text about to be cut at *n. */
+int cxone_scrub_cut(const char *s, size_t *n, const cxone_span *secrets, size_t ns);
 
 /* JSON (plugin/json.c). null is a NULL light userdata, as with lua-cjson. */
 #define CXONE_JSON_MAX_DEPTH 64

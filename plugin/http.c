@@ -220,6 +220,14 @@ static void hide_queries(char *s, size_t cap)
     }
 }
 
+/* Control characters (and bytes >= 0x7f) never reach the terminal raw: a server's header
+ * could carry escape sequences, and a request could carry CR/LF/NUL. */
+static void trace_clean(char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f) *s = '?';
+}
+
 /* Prints one line: header values that carry credentials are cut, query strings in request
  * lines are hidden, and any known secret left anywhere is replaced. */
 static void trace_line(const cxone_xfer *x, const char *dir, const char *line, size_t n)
@@ -263,6 +271,7 @@ static void trace_line(const cxone_xfer *x, const char *dir, const char *line, s
     buf[len] = '\0';
     hide_queries(buf, sizeof buf);
     cxone_http_scrub(x->h, buf, sizeof buf);
+    trace_clean(buf);
     fprintf(stderr, "cxone[%d] %s %s\n", x->id, dir, buf);
 }
 
@@ -306,6 +315,7 @@ static void trace_form(const cxone_xfer *x, const char *data, size_t n)
     }
     buf[len] = '\0';
     cxone_http_scrub(x->h, buf, sizeof buf);
+    trace_clean(buf);
     fprintf(stderr, "cxone[%d] > %s\n", x->id, buf);
 }
 
@@ -340,6 +350,7 @@ static void trace_event(const cxone_http *h, const cxone_xfer *x, const char *fm
     vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
     cxone_http_scrub(h, buf, sizeof buf);
+    trace_clean(buf);
     fprintf(stderr, "cxone[%d] * %s\n", x ? x->id : 0, buf);
 }
 
@@ -368,12 +379,28 @@ static double parse_retry_after(const char *v)
     return d < 0 ? 0 : d;
 }
 
+/* An entity-tag as RFC 9110 has it ([W/]"<printable ASCII except the quote>"), of at most
+ * 255 bytes: it goes back to the server in If-Match, so anything else is refused rather than
+ * stored cut or dropped (a dropped one would make the next write unconditional). */
+static int etag_ok(const char *v, size_t n)
+{
+    if (n >= 256) return 0;
+    if (n >= 2 && v[0] == 'W' && v[1] == '/') { v += 2; n -= 2; }
+    if (n < 2 || v[0] != '"' || v[n - 1] != '"') return 0;
+    for (size_t i = 1; i + 1 < n; i++)
+        if ((unsigned char)v[i] < 0x21 || (unsigned char)v[i] > 0x7e || v[i] == '"') return 0;
+    return 1;
+}
+
+int cxone_etag_ok(const char *v, size_t n) { return etag_ok(v, n); }
+
 static size_t on_header(char *data, size_t size, size_t nitems, void *ud)
 {
     cxone_xfer *x = ud;
     size_t n = size * nitems;
     if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) { /* a new response (after 1xx too) */
         x->etag[0] = '\0';
+        x->bad_etag = 0;
         x->retry_after = -1;
         return n;
     }
@@ -386,9 +413,12 @@ static size_t on_header(char *data, size_t size, size_t nitems, void *ud)
     size_t vl = (size_t)(end - v);
     char tmp[256];
     if (kl == 4 && strncasecmp(data, "etag", 4) == 0) {
-        if (vl < sizeof x->etag) {
+        if (etag_ok(v, vl)) {
             memcpy(x->etag, v, vl);
             x->etag[vl] = '\0';
+        } else {
+            x->etag[0] = '\0';
+            x->bad_etag = 1;
         }
     } else if (kl == 11 && strncasecmp(data, "retry-after", 11) == 0 && vl < sizeof tmp) {
         memcpy(tmp, v, vl);
@@ -789,6 +819,7 @@ static int start_attempt(cxone_http *h, cxone_xfer *x, CURL *e, double now)
     x->resp.len = 0;
     if (x->resp.p) x->resp.p[0] = '\0';
     x->etag[0] = '\0';
+    x->bad_etag = 0;
     x->retry_after = -1;
     x->too_large = 0;
     x->cc = CURLE_OK;
@@ -872,6 +903,10 @@ static int js_has(const char *s, size_t n, const char *key, char first)
 static void finish(cxone_http *h, cxone_xfer *x, double now)
 {
     x->state = CXH_DONE;
+    if (!x->fail_code && x->status >= 200 && x->status < 300 && x->kind == CXH_API && x->bad_etag)
+        xfer_fail(x, "format", "the API answered HTTP %ld with an ETag that is over 255 bytes or "
+                  "not a quoted entity-tag: refusing it, since a write could not be made "
+                  "conditional on it", x->status);
     if (!x->fail_code && x->status >= 200 && x->status < 300 && x->expect != CXH_EXPECT_ANY) {
         const char *b = x->resp.p ? x->resp.p : "";
         if (x->expect == CXH_EXPECT_VARIABLES && !js_has(b, x->resp.len, "variables", '['))
@@ -1051,22 +1086,23 @@ static void start_token(cxone_http *h, double now)
     trace_event(h, t, "requesting a token from the token endpoint");
 }
 
-/* Counts finished and active transfers among the admitted ones; notes a failure for
- * stop_on_failure; advances lo past the finished prefix. */
-static void count_states(cxone_xfer **xs, size_t next, size_t *lo, size_t *ndone, int *active, int *stop)
+/* The engine keeps the admitted transfers that are not done yet in `act` (at most
+ * `concurrency` of them, in admission order), so each pass of the loop costs O(concurrency)
+ * whatever the batch's size. Moves the ones that finished out of `act`, counting them and
+ * noting a failure for stop_on_failure. */
+static void sweep_done(cxone_xfer **act, int *nact, size_t *ndone, int *stop)
 {
-    *ndone = 0;
-    *active = 0;
-    for (size_t i = 0; i < next; i++) {
-        const cxone_xfer *x = xs[i];
+    int k = 0;
+    for (int i = 0; i < *nact; i++) {
+        cxone_xfer *x = act[i];
         if (x->state == CXH_DONE) {
             (*ndone)++;
             if (stop && !x->skipped && x->failed) *stop = 1;
         } else {
-            (*active)++;
+            act[k++] = x;
         }
     }
-    while (*lo < next && xs[*lo]->state == CXH_DONE) (*lo)++;
+    *nact = k;
 }
 
 void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
@@ -1074,8 +1110,11 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
 {
     if (concurrency < 1) concurrency = 1;
     if (concurrency > CXH_MAX_CONCURRENCY) concurrency = CXH_MAX_CONCURRENCY;
-    size_t next = 0, lo = 0, ndone = 0;
-    int active = 0, stop = 0, want_token = force_token;
+    cxone_xfer *act[CXH_MAX_CONCURRENCY]; /* admitted, not done */
+    int nact = 0;
+    size_t next = 0, ndone = 0;
+    int stop = 0, want_token = force_token;
+    int *stopp = stop_on_failure ? &stop : NULL;
     if (force_token) h->token_refresh_at = 0;
     h->tok_fail_code = NULL;
     h->tok_failed_run = 0;
@@ -1085,8 +1124,8 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
         int progressed = 0;
 
         /* admit new transfers up to the concurrency limit */
-        count_states(xs, next, &lo, &ndone, &active, stop_on_failure ? &stop : NULL);
-        while (next < n && active < concurrency && !stop) {
+        sweep_done(act, &nact, &ndone, stopp);
+        while (next < n && nact < concurrency && !stop) {
             cxone_xfer *x = xs[next++];
             x->h = h;
             x->id = ++h->next_id;
@@ -1096,41 +1135,43 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
             h->stats.requests++;
             if (x->fail_code) { /* failed before the network */
                 finish(h, x, now);
+                ndone++;
                 if (stop_on_failure) stop = 1;
                 continue;
             }
-            active++;
+            act[nact++] = x;
         }
         if (stop) {
             for (; next < n; next++) {
                 xs[next]->skipped = 1;
                 xs[next]->state = CXH_DONE;
+                ndone++;
             }
         }
 
         /* the token: fetch when forced, or when a due API transfer needs a fresh one */
         if (!h->tok_running) {
             int need = want_token;
-            for (size_t i = lo; i < next && !need; i++) {
-                cxone_xfer *x = xs[i];
+            for (int i = 0; i < nact && !need; i++) {
+                cxone_xfer *x = act[i];
                 if (x->state == CXH_READY && x->kind == CXH_API && x->not_before <= now
                     && !token_fresh(h, now))
                     need = 1;
             }
             if (need && h->tok_failed_run && !want_token) {
                 /* the token endpoint already failed during this run: do not hammer it */
-                fail_token_waiters(h, xs, lo, next, now);
+                fail_token_waiters(h, act, 0, (size_t)nact, now);
             } else if (need) {
                 want_token = 0;
                 start_token(h, now);
-                if (!h->tok_running) fail_token_waiters(h, xs, lo, next, now);
+                if (!h->tok_running) fail_token_waiters(h, act, 0, (size_t)nact, now);
             }
         }
         if (h->tok_running && h->tok.state == CXH_READY && h->tok.not_before <= now) {
             if (start_attempt(h, &h->tok, h->tok_easy, now) != 0) {
                 finish(h, &h->tok, now);
                 token_done(h, &h->tok, now);
-                fail_token_waiters(h, xs, lo, next, now);
+                fail_token_waiters(h, act, 0, (size_t)nact, now);
             }
         }
 
@@ -1138,8 +1179,8 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
         double wake = now + 1.0;
         if (h->tok_running && h->tok.state == CXH_READY && h->tok.not_before < wake)
             wake = h->tok.not_before;
-        for (size_t i = lo; i < next; i++) {
-            cxone_xfer *x = xs[i];
+        for (int i = 0; i < nact; i++) {
+            cxone_xfer *x = act[i];
             if (x->state != CXH_READY) continue;
             if (x->not_before > now) {
                 if (x->not_before < wake) wake = x->not_before;
@@ -1159,9 +1200,9 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
         }
 
         /* finished? (skipped transfers are marked done at admission) */
-        count_states(xs, next, &lo, &ndone, &active, stop_on_failure ? &stop : NULL);
-        if (ndone == n && next == n && !h->tok_running) break;
-        if (next < n && active < concurrency && !stop) continue; /* a slot is free: admit */
+        sweep_done(act, &nact, &ndone, stopp);
+        if (ndone == n && !h->tok_running) break;
+        if (next < n && nact < concurrency && !stop) continue; /* a slot is free: admit */
 
         /* drive libcurl */
         int running = 0;
@@ -1180,7 +1221,7 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
             double t = cxone_http_now();
             attempt_done(h, x, cc, t);
             if (x->kind == CXH_TOKEN && !h->tok_running && h->tok_fail_code)
-                fail_token_waiters(h, xs, lo, next, t);
+                fail_token_waiters(h, act, 0, (size_t)nact, t);
             progressed = 1;
         }
         if (progressed) continue;
@@ -1202,3 +1243,15 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
         }
     }
 }
+
+/* ---- shared with wire.c (requests and answers without I/O); declared in wire.h ---- */
+
+int cxone_js_field(const char *s, size_t n, const char *key, cxone_buf *str, double *num)
+{
+    return js_field(s, n, key, str, num);
+}
+int cxone_js_has(const char *s, size_t n, const char *key, char first) { return js_has(s, n, key, first); }
+int cxone_token_chars_ok(const char *s, size_t n) { return token_chars_ok(s, n); }
+double cxone_parse_retry_after(const char *v) { return parse_retry_after(v); }
+void cxone_form_field(cxone_buf *b, const char *k, const char *v) { form_field(b, k, v); }
+char *cxone_basic_header(const char *id, const char *secret) { return basic_header(id, secret); }

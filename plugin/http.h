@@ -38,7 +38,8 @@ typedef struct cxone_xfer {
     /* the last attempt's answer */
     long status;
     cxone_buf resp;               /* wiped on reset */
-    char etag[256];
+    char etag[256];               /* a well-formed entity-tag of at most 255 bytes, or "" */
+    int bad_etag;                 /* the answer's ETag was over-long or malformed */
     double retry_after;           /* seconds, < 0 when absent */
     int too_large;
     CURLcode cc;
@@ -121,5 +122,8 @@ int cxone_http_uuid4(char out[37]);
  * size cap) with "[redacted]". */
 void cxone_http_scrub(const cxone_http *h, char *s, size_t cap);
 void cxone_scrub_value(char *s, size_t cap, const char *secret, size_t slen);
+/* Is v[0..n) an entity-tag we can send back in If-Match ([W/]"printable", at most 255 bytes)?
+ * An answer whose ETag is not is a `format` failure, never an unconditional write. */
+int cxone_etag_ok(const char *v, size_t n);
 
 #endif

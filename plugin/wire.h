@@ -1,0 +1,27 @@
+/* wire: the no-I/O half of the client (requests built, answers interpreted, retry decisions),
+ * for transports that do their own I/O (nginx cosockets, HAProxy's httpclient). */
+#ifndef CXONE_WIRE_H
+#define CXONE_WIRE_H
+
+#include "cxone.h"
+
+/* cxone_wire_open (core.wire_*) is declared in cxone.h with the other openers. */
+
+/* Defined in client.c: the URL and id checks of cxone.Client. */
+const char *cxone_bad_id(const char *s, size_t n);
+/* A JSON string literal of s[0..n) in ASCII only (\uXXXX, lower or upper case hex): the form in
+ * which a server may echo a value we sent. */
+void cxone_json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper);
+int cxone_header_value_ok(const char *s, size_t n);
+int cxone_check_url(const char *what, const char *url, int insecure_http, int allow_query,
+                    char *why, size_t whylen);
+
+/* Defined in http.c: the token-answer scanner, the format check, Retry-After, form encoding. */
+int cxone_js_field(const char *s, size_t n, const char *key, cxone_buf *str, double *num);
+int cxone_js_has(const char *s, size_t n, const char *key, char first);
+int cxone_token_chars_ok(const char *s, size_t n);
+double cxone_parse_retry_after(const char *v);
+void cxone_form_field(cxone_buf *b, const char *k, const char *v);
+char *cxone_basic_header(const char *id, const char *secret);
+
+#endif

@@ -1,0 +1,213 @@
+-- embed:haproxy: examples/haproxy/haproxy.cfg (guard, admin, exporter) in a real HAProxy 2.6
+-- (Lua 5.3: the lua5.3 tree's cxone/core.so), with nbthread 2, user haproxy and chroot as Debian
+-- ships it, against cxone-sim over http and https.
+local T = require("t")
+local L = require("lib")
+
+local SRC = assert(os.getenv("CXONE_SRC"), "CXONE_SRC is not set (run through ctest)")
+local CPATH = assert(os.getenv("CXONE_EMBED_CPATH_53"), "CXONE_EMBED_CPATH_53 is not set")
+local TEMPLATE = SRC .. "/examples/haproxy/haproxy.cfg"
+local CANARY = "canary-haproxy-value-77c1"
+
+local work = T.tmpdir()
+os.execute("chmod 755 " .. work)
+local pki = L.make_ca(work, "good")
+local other = L.make_ca(work, "other")
+
+local H = {}
+H.__index = H
+
+local function start_haproxy(o)
+    local prefix = work .. "/haproxy" .. L.free_port()
+    os.execute("mkdir -p " .. prefix .. " && chmod 755 " .. prefix)
+    local port = L.free_port()
+    local cfg = prefix .. "/haproxy.cfg"
+    L.render(TEMPLATE, cfg, {
+        PREFIX = prefix, CXONE_SRC = SRC, CXONE_CPATH = CPATH, LISTEN = "127.0.0.1:" .. port,
+        CA_FILE = o.ca or pki.ca, UPSTREAM = o.base.url:gsub("^https?://", ""),
+    })
+    -- the test-only write service
+    local text = T.read(cfg)
+    text = text:gsub("(lua%-load [^\n]+\n)", "%1    lua-load " .. SRC .. "/tests/embed/haproxy_writes.lua\n", 1)
+    text = text:gsub("(    default_backend)", "    http-request use-service lua.cxone_test_write if { path /test/write }\n%1", 1)
+    T.write(cfg, text)
+    local base = o.base.url
+    local env = {
+        CXONE_BASE_URL = base, CXONE_CLIENT_ID = T.DEMO.client_id, CXONE_CLIENT_SECRET = T.DEMO.client_secret,
+        CXONE_DRIFT_CHECKS = o.checks or "", CXONE_CHECK_INTERVAL = "1", CXONE_ADDRESSES = "",
+    }
+    if base:match("^https") then
+        -- connect to 127.0.0.1 but verify the certificate's name (localhost)
+        local p = base:match(":(%d+)$")
+        env.CXONE_BASE_URL = "https://localhost:" .. p
+        env.CXONE_ADDRESSES = "localhost:" .. p .. "=127.0.0.1:" .. p
+    end
+    local parts = { "env" }
+    for k, v in pairs(env) do parts[#parts + 1] = T.shq(k .. "=" .. v) end
+    local cmd = table.concat(parts, " ") .. " haproxy -f " .. T.shq(cfg)
+    local out, code = T.sh(cmd .. " -c 2>&1")
+    T.eq(code, 0, "haproxy -c accepts the example: " .. out)
+    out, code = T.sh(cmd .. " -D 2>" .. T.shq(prefix .. "/stderr"))
+    T.eq(code, 0, "haproxy started: " .. (T.read(prefix .. "/stderr") or ""))
+    local self = setmetatable({ prefix = prefix, url = "http://127.0.0.1:" .. port }, H)
+    for _ = 1, 100 do
+        local _, st = L.time(self.url .. "/ping")
+        if st == 200 then return self end
+        T.sh("sleep 0.05")
+    end
+    error("haproxy did not answer /ping: " .. (T.read(prefix .. "/stderr") or ""))
+end
+
+function H:pid() return tonumber((T.read(self.prefix .. "/haproxy.pid") or ""):match("%d+")) end
+
+function H:stop()
+    local pid = self:pid()
+    if not pid then return end
+    os.execute("kill -TERM " .. pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+        if not T.read("/proc/" .. pid .. "/status") then return end
+        T.sh("sleep 0.05")
+    end
+    os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+end
+
+function H:get(path) return T.request({ url = self.url }, "GET", path, {}) end
+
+local function vars_path(action, tier) return ("/admin/vars?action=%s&tier=%s"):format(action, tier) end
+
+local sim1, sim2
+
+T.test("runs as Debian ships it: nbthread 2, user haproxy, chroot; 60 calls issue one token", function()
+    local hp = start_haproxy({ base = sim1 })
+    local ok, e = pcall(function()
+        local status = T.read("/proc/" .. hp:pid() .. "/status")
+        T.eq(tonumber(status:match("Threads:%s*(%d+)")), 2, "two threads")
+        T.eq(T.sh("ps -o user= -p " .. hp:pid()):match("%S+"), "haproxy", "runs as user haproxy")
+        T.eq(T.sh("readlink /proc/" .. hp:pid() .. "/root"):match("%S+"), "/var/lib/haproxy", "chrooted")
+        local before = sim1:stats().tokens_issued
+        local urls = {}
+        for i = 1, 60 do urls[i] = hp.url .. vars_path(T.CRM, ({ "development", "staging", "production" })[i % 3 + 1]) end
+        local res = L.parallel(urls, work, 60)
+        local envs = { "dev", "staging", "prod" }
+        for i, r in ipairs(res) do
+            local got = T.json.decode(r.body)
+            T.ok(got and got.variables, "call " .. i .. " answered variables: " .. r.body)
+            T.eq(got.environmentId, envs[i % 3 + 1], "call " .. i .. " got its tier")
+        end
+        T.eq(sim1:stats().tokens_issued - before, 1, "one token for 60 calls on two threads")
+    end)
+    hp:stop()
+    assert(ok, e)
+end)
+
+T.test("guard: bad bodies get 422 and never reach the sim, good ones are forwarded unchanged; writes are unsupported", function()
+    local hp = start_haproxy({ base = sim1 })
+    local ok, e = pcall(function()
+        local tok = T.token(sim1)
+        local patches = L.route_count(sim1, L.PATCH_ROUTE)
+        local bad = { actionId = T.CRM, environmentId = "prod",
+                      variables = { { name = "lower", value = CANARY, masked = true } } }
+        local r = T.request({ url = hp.url }, "PATCH", T.vars(T.CRM, "prod"), { body = bad, token = tok })
+        T.eq(r.status, 422, "bad body refused")
+        T.ok(r.json and #r.json.violations >= 1, "violations listed: " .. r.body)
+        T.ok(not r.body:find(CANARY, 1, true), "the value is never echoed")
+        local other_env = '{"actionId":"' .. T.CRM .. '","environmentId":"prod","variables":[]}'
+        local m = T.request({ url = hp.url }, "PATCH", T.vars(T.CRM, "dev"), { body = other_env, token = tok })
+        T.eq(m.status, 422, "a body for another environment than the URL's is refused")
+        T.ok(m.body:find("url_mismatch", 1, true), m.body)
+        T.eq(L.route_count(sim1, L.PATCH_ROUTE), patches, "the sim saw no PATCH")
+        sim1:fault({ method = "PATCH", kind = "echo" })
+        local good = '{"actionId":"' .. T.CRM .. '","environmentId":"dev","variables":[{"name":"GUARD_OK","value":"2","masked":false}]}'
+        local g = T.request({ url = hp.url }, "PATCH", T.vars(T.CRM, "dev"), { body = good, token = tok })
+        T.eq(g.status, 422, "the echo fault answered")
+        T.ok(g.body:find(T.json.encode(good):sub(2, -2), 1, true) or g.body:find(good, 1, true),
+            "forwarded unchanged: " .. g.body)
+        -- the admin plan: what would change, masked values never shown
+        local step = { action = T.CRM, tier = "production", baseline = "staging",
+                       variables = { TIMEOUT_MS = "3000", NEW_KEY = { value = CANARY, masked = true } } }
+        local pl = T.request({ url = hp.url }, "POST", "/admin/plan", { body = step })
+        T.eq(pl.status, 200, "plan answered: " .. pl.body)
+        T.eq(pl.json.changes, 2, "one change and one addition")
+        T.ok(not pl.body:find(CANARY, 1, true), "the masked value is not in the plan")
+        local w = hp:get("/test/write")
+        T.eq(w.json and w.json.code, "unsupported", "a write through cxone.haproxy is refused: " .. w.body)
+        T.ok(w.json.error:find("PATCH", 1, true), "the message says why")
+        T.eq(L.route_count(sim1, L.PATCH_ROUTE), patches + 1, "only the guarded PATCH reached the sim (never a PUT)")
+        T.eq(L.route_count(sim1, "PUT /api/v2/integration/actions/{actionId}/environments/{envId}/variables"), 0, "no PUT")
+    end)
+    hp:stop()
+    assert(ok, e)
+end)
+
+T.test("https with a CA made by openssl; the wrong CA fails; 10 delayed calls leave /ping prompt", function()
+    local hp = start_haproxy({ base = sim2 })
+    local ok, e = pcall(function()
+        local r = hp:get(vars_path(T.CRM, "production"))
+        T.eq(r.status, 200, "GET over https: " .. tostring(r.body))
+        T.eq(r.json.environmentId, "prod", "the production tier")
+    end)
+    hp:stop()
+    assert(ok, e)
+    local bad = start_haproxy({ base = sim2, ca = other.ca })
+    ok, e = pcall(function()
+        local r = bad:get(vars_path(T.CRM, "production"))
+        T.eq(r.json and r.json.code, "network", "wrong CA: no answer accepted: " .. tostring(r.body))
+        T.ok(r.json.error:find("not trusted", 1, true), "the message names the certificate check")
+        T.ok(not r.body:find(T.DEMO.client_secret, 1, true), "no secret in the answer")
+    end)
+    bad:stop()
+    assert(ok, e)
+    local hp2 = start_haproxy({ base = sim1 })
+    ok, e = pcall(function()
+        sim1:fault({ method = "GET", kind = "delay", delay_ms = 2000, count = 10 })
+        local urls = {}
+        for i = 1, 10 do urls[i] = hp2.url .. vars_path(T.CRM, "staging") end
+        local bg = L.background(urls)
+        T.ok(L.wait_faults_taken(sim1), "the 10 delayed calls are in flight")
+        local worst = 0
+        for _ = 1, 5 do
+            local t, st = L.time(hp2.url .. "/ping")
+            T.eq(st, 200, "/ping answered")
+            if t > worst then worst = t end
+        end
+        T.ok(worst < 0.5, ("/ping within 500 ms while 10 calls wait 2 s (worst %.3f s)"):format(worst))
+        T.eq(bg.wait(), 10, "the delayed calls all completed")
+    end)
+    hp2:stop()
+    assert(ok, e)
+end)
+
+T.test("the exporter's numbers equal the sim's drift", function()
+    local missing = "00000000-0000-4000-8000-000000000000"
+    local hp = start_haproxy({ base = sim1, checks = T.TKT .. ":staging:production," .. missing .. ":staging:production" })
+    local ok, e = pcall(function()
+        local text
+        for _ = 1, 100 do
+            text = hp:get("/metrics").body
+            if text:find("cxone_drift_items{", 1, true) then break end
+            T.sh("sleep 0.05")
+        end
+        local want = L.sim_drift(sim1, T.TKT, "staging", "prod")
+        for _, ty in ipairs({ "value_mismatch", "masked_mismatch", "new_variable", "missing_variable", "unverifiable" }) do
+            local pat = ('cxone_drift_items{action="%s",baseline="staging",target="production",type="%s"} (%%d+)')
+                :format(T.TKT, ty):gsub("%-", "%%-")
+            T.eq(tonumber(text:match(pat)), want[ty] or 0, ty)
+        end
+        T.ok(tonumber(text:match("cxone_check_errors_total (%d+)")) >= 1, "the check of an unknown action failed and counts")
+        T.ok(not text:find(missing, 1, true), "a failed check exports no drift items")
+        T.ok(not (T.read(hp.prefix .. "/stderr") or ""):find(T.DEMO.client_secret, 1, true), "no secret in HAProxy's log")
+    end)
+    hp:stop()
+    assert(ok, e)
+end)
+
+sim1 = T.start()
+sim2 = T.start({ args = { "--tls-cert", pki.cert, "--tls-key", pki.key } })
+local real_exit = os.exit
+os.exit = function(code)
+    sim1:stop()
+    sim2:stop()
+    os.execute("rm -rf " .. work)
+    real_exit(code)
+end
+T.run()

@@ -1,0 +1,341 @@
+-- embed:nginx: examples/nginx/nginx.conf (guard, admin, exporter) in a real nginx with the Lua
+-- module (LuaJIT: the luajit tree's cxone/core.so) against cxone-sim, over http and https.
+local T = require("t")
+local L = require("lib")
+
+local SRC = assert(os.getenv("CXONE_SRC"), "CXONE_SRC is not set (run through ctest)")
+local CPATH = assert(os.getenv("CXONE_EMBED_CPATH_LUAJIT"), "CXONE_EMBED_CPATH_LUAJIT is not set")
+local TEMPLATE = SRC .. "/examples/nginx/nginx.conf"
+local CANARY = "canary-guard-value-5f0e"
+
+local work = T.tmpdir()
+os.execute("chmod 755 " .. work) -- workers run as nobody
+local pki = L.make_ca(work, "good")
+local other = L.make_ca(work, "other")
+
+local N = {}
+N.__index = N
+
+--- Starts nginx from the example template. o: workers, ca, base (sim), base2 (sim), checks.
+local function start_nginx(o)
+    local prefix = work .. "/nginx" .. L.free_port()
+    os.execute("mkdir -p " .. prefix .. " && chmod 755 " .. prefix)
+    local port = L.free_port()
+    local up = o.base.url:gsub("^https?://", "")
+    L.render(TEMPLATE, prefix .. "/nginx.conf", {
+        WORKERS = tostring(o.workers or 2), PREFIX = prefix, CXONE_SRC = SRC, CXONE_CPATH = CPATH,
+        LISTEN = "127.0.0.1:" .. port, CA_FILE = o.ca or pki.ca, UPSTREAM = up,
+        UPSTREAM_SCHEME = o.base.url:match("^(https?)"),
+    })
+    local env = {
+        CXONE_BASE_URL = o.base.url, CXONE_CLIENT_ID = T.DEMO.client_id,
+        CXONE_CLIENT_SECRET = T.DEMO.client_secret,
+        CXONE_BASE_URL_2 = o.base2 and o.base2.url or "", CXONE_TLS_SERVER_NAME = "localhost",
+        CXONE_DRIFT_CHECKS = o.checks or "", CXONE_CHECK_INTERVAL = "1",
+    }
+    local parts = { "env" }
+    for k, v in pairs(env) do parts[#parts + 1] = T.shq(k .. "=" .. v) end
+    local base_cmd = table.concat(parts, " ") .. " nginx -p " .. T.shq(prefix) .. " -c " .. T.shq(prefix .. "/nginx.conf")
+    local out, code = T.sh(base_cmd .. " -t 2>&1")
+    T.eq(code, 0, "nginx -t accepts the example: " .. out)
+    out, code = T.sh(base_cmd .. " 2>&1")
+    T.eq(code, 0, "nginx started: " .. out)
+    local self = setmetatable({ prefix = prefix, url = "http://127.0.0.1:" .. port, cmd = base_cmd }, N)
+    for _ = 1, 100 do
+        local _, st = L.time(self.url .. "/ping")
+        if st == 200 then return self end
+        T.sh("sleep 0.05")
+    end
+    error("nginx did not answer /ping")
+end
+
+function N:pid() return tonumber(T.read(self.prefix .. "/nginx.pid")) end
+
+function N:stop()
+    local pid = self:pid()
+    if not pid then return end
+    os.execute("kill -QUIT " .. pid .. " 2>/dev/null")
+    for _ = 1, 100 do
+        if not T.read("/proc/" .. pid .. "/status") then return end
+        T.sh("sleep 0.05")
+    end
+    os.execute("kill -KILL " .. pid .. " 2>/dev/null")
+end
+
+function N:log() return T.read(self.prefix .. "/error.log") or "" end
+
+function N:get(path)
+    return T.request({ url = self.url }, "GET", path, {})
+end
+
+local function vars_path(action, tier, base2)
+    return ("/admin/vars?action=%s&tier=%s%s"):format(action, tier, base2 and "&base=2" or "")
+end
+
+local sim1, sim2
+T.test("a client is never made in the master (init_by_lua)", function()
+    local dir = work .. "/init"
+    os.execute("mkdir -p " .. dir)
+    T.write(dir .. "/nginx.conf", ([[
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+events {}
+http {
+    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;;";
+    lua_package_cpath "%s;;";
+    init_by_lua_block {
+        local c, err, code = require("resty.cxone").new{ base_url = "http://127.0.0.1:1",
+            client_id = "x", client_secret = "y" }
+        assert(c == nil and code == "config" and err:find("init_worker", 1, true), "expected a refusal")
+    }
+}
+]]):format(dir, dir, SRC, SRC, CPATH))
+    local out, code = T.sh("nginx -p " .. T.shq(dir) .. " -c " .. T.shq(dir .. "/nginx.conf") .. " -t 2>&1")
+    T.eq(code, 0, "nginx -t ran init_by_lua and the refusal held: " .. out)
+end)
+
+T.test("apply over cosockets: the same plan/apply code path writes, builds and audits (names only)", function()
+    local dir = work .. "/apply"
+    os.execute("mkdir -p " .. dir .. " && chmod 777 " .. dir) -- workers (nobody) write the trail
+    local port = L.free_port()
+    T.write(dir .. "/nginx.conf", ([[
+worker_processes 1;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+env CXONE_BASE_URL;
+events {}
+http {
+    access_log off;
+    client_body_temp_path %s/body;
+    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;;";
+    lua_package_cpath "%s;;";
+    lua_shared_dict cxone 1m;
+    server {
+        listen 127.0.0.1:%d;
+        location = /apply {
+            content_by_lua_block {
+                local c = assert(require("resty.cxone").new{ base_url = os.getenv("CXONE_BASE_URL"),
+                    client_id = "%s", client_secret = "%s",
+                    audit_log = "%s/audit.jsonl", state_file = "%s/ledger.json" })
+                local rep = c:promote({ { action = "%s", tier = "staging", baseline = "development",
+                    variables = { TIMEOUT_MS = "4242", NGINX_KEY = { value = "%s", masked = true } } } })
+                ngx.say(require("cxone.core").json_encode({ ok = rep.ok == true, applied = rep.counts.applied,
+                    code = rep.code, message = rep.message }))
+            }
+        }
+    }
+}
+]]):format(dir, dir, dir, SRC, SRC, CPATH, port, T.DEMO.client_id, T.DEMO.client_secret, dir, dir, T.CRM, CANARY))
+    local cmd = "env CXONE_BASE_URL=" .. T.shq(sim1.url) .. " nginx -p " .. T.shq(dir) .. " -c " .. T.shq(dir .. "/nginx.conf")
+    local out, code = T.sh(cmd .. " 2>&1")
+    T.eq(code, 0, "nginx started: " .. out)
+    local ng = setmetatable({ prefix = dir, url = "http://127.0.0.1:" .. port }, N)
+    local ok, e = pcall(function()
+        local builds = sim1:stats().builds_queued
+        local r = T.request({ url = ng.url }, "GET", "/apply", { max_time = 30 })
+        T.eq(r.status, 200, "answered: " .. tostring(r.body) .. " " .. ng:log())
+        T.eq(r.json.ok, true, "applied: " .. r.body)
+        T.eq(r.json.applied, 1, "one step applied")
+        local state = sim1:state()
+        local found
+        for _, a in ipairs(state.actions) do
+            if a.id == T.CRM then
+                for _, v in ipairs(a.environments.staging.variables) do
+                    if v.name == "TIMEOUT_MS" then T.eq(v.value, "4242", "the value landed") end
+                    if v.name == "NGINX_KEY" then found = v end
+                end
+            end
+        end
+        T.ok(found and found.masked and found.value == CANARY, "the masked value landed masked")
+        T.eq(sim1:stats().builds_queued, builds + 1, "staging's build was queued")
+        local trail = T.read(dir .. "/audit.jsonl") or ""
+        T.ok(trail:find("apply.started", 1, true) and trail:find("NGINX_KEY", 1, true), "audited: " .. trail)
+        T.ok(not trail:find(CANARY, 1, true), "the trail holds names, never values")
+        T.ok(not ng:log():find(CANARY, 1, true) and not ng:log():find(T.DEMO.client_secret, 1, true),
+            "no value or secret in the error log")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+local function sims()
+    sim1 = T.start()
+    sim2 = T.start({ args = { "--tls-cert", pki.cert, "--tls-key", pki.key } })
+end
+
+T.test("60 calls across two workers issue exactly one token; two base URLs never share one", function()
+    local ng = start_nginx({ base = sim1, base2 = sim2 })
+    local ok, e = pcall(function()
+        local before = sim1:stats().tokens_issued
+        local urls = {}
+        for i = 1, 60 do urls[i] = ng.url .. vars_path(T.CRM, ({ "development", "staging", "production" })[i % 3 + 1]) end
+        local res = L.parallel(urls, work, 60)
+        for i, r in ipairs(res) do
+            T.ok(T.json.decode(r.body) and T.json.decode(r.body).variables, "call " .. i .. " answered variables: " .. r.body)
+        end
+        T.eq(sim1:stats().tokens_issued - before, 1, "one token for 60 calls in 2 workers")
+        -- the second base URL (https) gets its own token, and is never sent the first one
+        local r = ng:get(vars_path(T.CRM, "production", true))
+        T.eq(r.status, 200, "https GET through the second client: " .. tostring(r.body))
+        T.eq(L.stats(sim2, pki.ca).tokens_issued, 1, "the second base URL issued its own token")
+        T.eq(L.route_count(sim2, L.GET_ROUTE, 401, pki.ca), 0, "no request to the second base URL carried a foreign token")
+        T.eq(sim1:stats().tokens_issued - before, 1, "still one token at the first base URL")
+        T.ok(not ng:log():find("%[alert%]") and not ng:log():find("%[crit%]"), "no alert/crit lines")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+T.test("90 requests across the three tiers in two workers: each answer is its tier's", function()
+    local ng = start_nginx({ base = sim1 })
+    local ok, e = pcall(function()
+        local tiers = { development = "dev", staging = "staging", production = "prod" }
+        local names = { "development", "staging", "production" }
+        local want = {}
+        local tok = T.token(sim1)
+        for name, env in pairs(tiers) do
+            want[env] = T.request(sim1, "GET", T.vars(T.CRM, env), { token = tok }).body
+        end
+        local urls = {}
+        for i = 1, 90 do urls[i] = ng.url .. vars_path(T.CRM, names[i % 3 + 1]) end
+        local res = L.parallel(urls, work, 30)
+        for i, r in ipairs(res) do
+            local env = tiers[names[i % 3 + 1]]
+            local got = T.json.decode(r.body)
+            T.ok(got, "answer " .. i .. " is JSON: " .. r.body)
+            T.eq(got.environmentId, env, "answer " .. i .. " environment")
+            T.eq(L.canon(got.variables), L.canon(T.json.decode(want[env]).variables),
+                "answer " .. i .. " holds " .. env .. "'s variables")
+        end
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+T.test("the guard: bad bodies get 422 with every violation (never a value) and never reach the sim", function()
+    local ng = start_nginx({ base = sim1 })
+    local ok, e = pcall(function()
+        local tok = T.token(sim1)
+        local patches = L.route_count(sim1, L.PATCH_ROUTE)
+        local bad = { actionId = "not-a-uuid", environmentId = "prod",
+                      variables = { { name = "bad name", value = CANARY, masked = true }, { name = "X" } } }
+        local r = T.request({ url = ng.url }, "PATCH", T.vars(T.CRM, "prod"), { body = bad, token = tok })
+        T.eq(r.status, 422, "bad body refused")
+        T.ok(r.json and #r.json.violations >= 3, "every violation listed: " .. r.body)
+        T.ok(not r.body:find(CANARY, 1, true), "the value is never echoed")
+        local other_env = '{"actionId":"' .. T.CRM .. '","environmentId":"prod","variables":[]}'
+        local m = T.request({ url = ng.url }, "PATCH", T.vars(T.CRM, "dev"), { body = other_env, token = tok })
+        T.eq(m.status, 422, "a body for another environment than the URL's is refused")
+        T.ok(m.body:find("url_mismatch", 1, true), m.body)
+        local nj = T.request({ url = ng.url }, "PATCH", T.vars(T.CRM, "prod"), { body = "{not json", token = tok })
+        T.eq(nj.status, 422, "not JSON refused")
+        T.eq(L.route_count(sim1, L.PATCH_ROUTE), patches, "the sim saw no PATCH")
+        -- a good body is forwarded byte for byte (the sim's echo fault quotes what it received)
+        sim1:fault({ method = "PATCH", kind = "echo" })
+        local good = '{"actionId":"' .. T.CRM .. '","environmentId":"dev","variables":[{"name":"GUARD_OK","value":"1","masked":false}]}'
+        local g = T.request({ url = ng.url }, "PATCH", T.vars(T.CRM, "dev"), { body = good, token = tok })
+        T.eq(g.status, 422, "the echo fault answered")
+        T.ok(g.body:find(T.json.encode(good):sub(2, -2), 1, true) or g.body:find(good, 1, true),
+            "forwarded unchanged: " .. g.body)
+        -- the admin plan: what would change, masked values never shown
+        local step = { action = T.CRM, tier = "production", baseline = "staging",
+                       variables = { TIMEOUT_MS = "3000", NEW_KEY = { value = CANARY, masked = true } } }
+        local pl = T.request({ url = ng.url }, "POST", "/admin/plan", { body = step })
+        T.eq(pl.status, 200, "plan answered: " .. pl.body)
+        T.eq(pl.json.changes, 2, "one change and one addition")
+        T.ok(not pl.body:find(CANARY, 1, true), "the masked value is not in the plan")
+        local g2 = T.request({ url = ng.url }, "PATCH", T.vars(T.CRM, "dev"), { body = good, token = tok })
+        T.eq(g2.status, 200, "a good body lands")
+        T.eq(T.var(g2.json, "GUARD_OK").value, "1", "the sim holds it")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+T.test("https with the wrong CA is a tls failure; with 10 delayed calls in flight /ping stays prompt (1 worker)", function()
+    local ng = start_nginx({ base = sim1, base2 = sim2, ca = other.ca, workers = 1 })
+    local ok, e = pcall(function()
+        local r = ng:get(vars_path(T.CRM, "production", true))
+        T.eq(r.json and r.json.code, "tls", "wrong CA → tls: " .. tostring(r.body))
+        T.ok(not r.body:find(T.DEMO.client_secret, 1, true), "no secret in the answer")
+        sim1:fault({ method = "GET", kind = "delay", delay_ms = 2000, count = 10 })
+        local urls = {}
+        for i = 1, 10 do urls[i] = ng.url .. vars_path(T.CRM, "staging") end
+        local bg = L.background(urls)
+        T.ok(L.wait_faults_taken(sim1), "the 10 delayed calls are in flight")
+        local worst = 0
+        for _ = 1, 5 do
+            local t, st = L.time(ng.url .. "/ping")
+            T.eq(st, 200, "/ping answered")
+            if t > worst then worst = t end
+        end
+        T.ok(worst < 0.5, ("/ping within 500 ms while 10 calls wait 2 s (worst %.3f s)"):format(worst))
+        T.eq(bg.wait(), 10, "the delayed calls all completed")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+T.test("the exporter's numbers equal the sim's drift; five reloads leak nothing", function()
+    local check = T.CRM .. ":staging:production," .. T.PAY .. ":development:staging"
+    local ng = start_nginx({ base = sim1, checks = check })
+    local ok, e = pcall(function()
+        local text
+        for _ = 1, 100 do
+            text = ng:get("/metrics").body
+            if text:find("cxone_drift_items{", 1, true) and text:find(T.PAY, 1, true) then break end
+            T.sh("sleep 0.05")
+        end
+        for _, c in ipairs({ { T.CRM, "staging", "prod" }, { T.PAY, "dev", "staging" } }) do
+            local want = L.sim_drift(sim1, c[1], c[2], c[3])
+            local bname = c[2] == "dev" and "development" or c[2]
+            local tname = c[3] == "prod" and "production" or c[3]
+            for _, ty in ipairs({ "value_mismatch", "masked_mismatch", "new_variable", "missing_variable", "unverifiable" }) do
+                local pat = ('cxone_drift_items{action="%s",baseline="%s",target="%s",type="%s"} (%%d+)')
+                    :format(c[1], bname, tname, ty):gsub("%-", "%%-")
+                T.eq(tonumber(text:match(pat)), want[ty] or 0, c[1] .. " " .. ty)
+            end
+        end
+        T.ok(text:match("cxone_check_errors_total 0"), "no failed checks")
+        T.ok(tonumber(text:match("cxone_last_check_timestamp_seconds ([%d.]+)")) > 1e9, "timestamp set")
+        local pid = ng:pid()
+        local function fds() return tonumber(T.sh("ls /proc/" .. pid .. "/fd | wc -l"):match("%d+")) end
+        local before = fds()
+        for _ = 1, 5 do
+            local out, code = T.sh(ng.cmd .. " -s reload 2>&1")
+            T.eq(code, 0, "reload: " .. out)
+            local _, st = L.time(ng.url .. "/ping")
+            T.eq(st, 200, "answers after a reload")
+        end
+        -- old workers finish gracefully; once only the 2 new ones are left, compare
+        local children
+        for _ = 1, 100 do
+            children = tonumber(T.sh("pgrep -P " .. pid .. " | wc -l"):match("%d+"))
+            if children == 2 then break end
+            T.sh("sleep 0.05")
+        end
+        T.eq(children, 2, "the old workers exited")
+        T.eq(fds(), before, "the master holds as many descriptors as before")
+        local log = ng:log()
+        T.ok(not log:find("%[alert%]") and not log:find("%[crit%]") and not log:find("%[emerg%]"),
+            "no alert/crit/emerg lines: " .. log)
+        T.ok(not log:find(T.DEMO.client_secret, 1, true), "no secret in the error log")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+local ok, e = pcall(sims)
+if not ok then print("FAIL starting the sims: " .. tostring(e)); os.exit(1) end
+local function cleanup()
+    sim1:stop()
+    sim2:stop()
+    os.execute("rm -rf " .. work)
+end
+local real_exit = os.exit
+os.exit = function(code) cleanup(); real_exit(code) end
+T.run()
