@@ -3,6 +3,7 @@
 #include <pcre2.h>
 
 #include "cxone.h"
+#include "tiers.h"
 
 #define VALIDATOR_MT "cxone.Validator"
 #define VIOLATIONS_MT "cxone.Violations"
@@ -144,7 +145,13 @@ typedef struct {
     char forbidden[64];        /* printable list for messages */
 } options;
 
-static const char *const DEFAULT_ENVS[] = {"dev", "staging", "prod", NULL};
+#define TIER_ID(name, id, build) id,
+static const char *const DEFAULT_ENVS[] = {CXONE_TIER_MATRIX(TIER_ID) NULL};
+#undef TIER_ID
+#define TIER_ID_LIST(name, id, build) ", " id
+/* "dev, staging, prod" (the leading ", " skipped) */
+static const char DEFAULT_ENV_LIST[] = CXONE_TIER_MATRIX(TIER_ID_LIST);
+#undef TIER_ID_LIST
 
 static void read_options(lua_State *L, int idx, options *o)
 {
@@ -214,7 +221,7 @@ static void push_environment_list(lua_State *L, const options *o)
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     if (!o->environments) {
-        luaL_addstring(&b, "dev, staging, prod");
+        luaL_addstring(&b, DEFAULT_ENV_LIST + 2);
     } else {
         lua_Integer len = (lua_Integer)lua_rawlen(L, o->environments);
         for (lua_Integer i = 1; i <= len && i <= 16; i++) {
@@ -624,9 +631,37 @@ static pcre2_code *compile(lua_State *L, const char *pattern, int *jit)
     return re;
 }
 
+/***
+ * The default tier matrix, in promotion order: a list of `{name, id, build}`
+ * (development → dev, staging → staging, production → prod; builds on the first two).
+ * The one definition that validate, `cxone.tiers` and cxone-sim share.
+ * @table TIERS
+ */
+static void push_tiers(lua_State *L)
+{
+    struct { const char *name, *id; int build; } const t[] = {
+#define TIER_ROW(name, id, build) {name, id, build},
+        CXONE_TIER_MATRIX(TIER_ROW)
+#undef TIER_ROW
+    };
+    lua_createtable(L, (int)(sizeof t / sizeof t[0]), 0);
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        lua_createtable(L, 0, 3);
+        lua_pushstring(L, t[i].name);
+        lua_setfield(L, -2, "name");
+        lua_pushstring(L, t[i].id);
+        lua_setfield(L, -2, "id");
+        lua_pushboolean(L, t[i].build);
+        lua_setfield(L, -2, "build");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
 void cxone_validate_open(lua_State *L)
 {
     /* module table at -1 */
+    push_tiers(L);
+    lua_setfield(L, -2, "TIERS");
     validator *v = cxone_newudata_gc(L, sizeof *v, VALIDATOR_MT, validator_gc);
     v->jit = 1;
     for (int c = 'A'; c <= 'Z'; c++) v->name_head[c] = v->name_tail[c] = 1;

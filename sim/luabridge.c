@@ -2,6 +2,7 @@
  * helpers it needs (randomness, clock, SHA-256, atomic state writes, connection count). */
 #include "sim.h"
 #include "sim_embedded.h"
+#include "tiers.h"
 
 #include <lauxlib.h>
 #include <lualib.h>
@@ -126,6 +127,22 @@ static int l_connections(lua_State *L)
     return 1;
 }
 
+/* simc.tiers: the environment ids every action has, in promotion order (plugin/tiers.h, the
+ * same matrix the client's validate and cxone.tiers read) */
+static void push_tier_ids(lua_State *L)
+{
+    static const char *const ids[] = {
+#define TIER_ID(name, id, build) id,
+        CXONE_TIER_MATRIX(TIER_ID)
+#undef TIER_ID
+    };
+    lua_createtable(L, (int)(sizeof ids / sizeof ids[0]), 0);
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        lua_pushstring(L, ids[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
 static int open_simc(lua_State *L)
 {
     static const luaL_Reg fns[] = {
@@ -140,6 +157,8 @@ static int open_simc(lua_State *L)
         { NULL, NULL },
     };
     luaL_newlib(L, fns);
+    push_tier_ids(L);
+    lua_setfield(L, -2, "tiers");
     return 1;
 }
 

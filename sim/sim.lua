@@ -8,7 +8,7 @@ local M = {}
 local SCOPE_READ = "integration:actions:read"
 local SCOPE_WRITE = "integration:actions:write"
 local ENVIRONMENTS = { dev = true, staging = true, prod = true }
-local ENV_ORDER = { "dev", "staging", "prod" }
+local ENV_ORDER = simc.tiers -- the tier matrix, defined once in plugin/tiers.h
 local MAX_VARIABLES = 50
 local MAX_VALUE_BYTES = 1024
 local MAX_NAME_BYTES = 128

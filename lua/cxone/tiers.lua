@@ -4,12 +4,12 @@
 
 local M = {}
 
---- The default matrix (development → dev, staging → staging, production → prod).
-M.DEFAULT = {
-    { name = "development", id = "dev", build = true },
-    { name = "staging", id = "staging", build = true },
-    { name = "production", id = "prod", build = false },
-}
+--- The default matrix (development → dev, staging → staging, production → prod), as defined
+-- once in C (`plugin/tiers.h`, `core.TIERS`) for validate, this module and cxone-sim.
+M.DEFAULT = {}
+for i, t in ipairs(require("cxone.core").TIERS) do
+    M.DEFAULT[i] = { name = t.name, id = t.id, build = t.build }
+end
 
 local Matrix = {}
 Matrix.__index = Matrix
