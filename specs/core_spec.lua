@@ -104,6 +104,16 @@ describe("tiers and payloads", function()
         assert.is_nil(t); assert.matches("unknown tier", err)
         assert.matches("development→dev %(build%)", tostring(m))
     end)
+    it("has one definition of the matrix: core.TIERS, which validate's default environments follow", function()
+        assert.same({ { name = "development", id = "dev", build = true },
+                      { name = "staging", id = "staging", build = true },
+                      { name = "production", id = "prod", build = false } }, core.TIERS)
+        assert.same(core.TIERS, cxone.tiers.DEFAULT)
+        local ok, msg, code = core.validate({ environmentId = "qa", variables = {} })
+        assert.is_nil(ok)
+        assert.equal("invalid", code)
+        assert.matches("environmentId must be one of dev, staging, prod", msg, 1, true)
+    end)
     it("builds the payload with defaults", function()
         local p = cxone.payload("a1b2c3d4-e5f6-4890-abcd-ef1234567890", "production", {
             { name = "API_KEY", value = "sk_live_abc12345", masked = true },
