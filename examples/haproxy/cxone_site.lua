@@ -52,9 +52,9 @@ end)
 core.register_service("cxone_vars", "http", function(applet)
     if not client then return send(applet, views.error(cerr, "config")) end
     local a = args_of(applet)
-    local res, meta, code = client:vars(a.action or "", a.tier or "")
-    if not res then return send(applet, views.error(meta, code)) end
-    send(applet, 200, views.vars(res, meta))
+    local res, err, code = client:vars(a.action or "", a.tier or "")
+    if not res then return send(applet, views.error(err, code)) end
+    send(applet, 200, views.vars(res))
 end)
 
 core.register_service("cxone_drift", "http", function(applet)

@@ -70,9 +70,9 @@ function M.vars()
     local a = args()
     local c, err, code = client_for(a.base == "2" and "second" or "main")
     if not c then return reply(views.error(err, code)) end
-    local res, meta, ecode = c:vars(a.action or "", a.tier or "")
-    if not res then return reply(views.error(meta, ecode)) end
-    return reply(200, views.vars(res, meta))
+    local res, verr, ecode = c:vars(a.action or "", a.tier or "")
+    if not res then return reply(views.error(verr, ecode)) end
+    return reply(200, views.vars(res))
 end
 
 function M.drift()

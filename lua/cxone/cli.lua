@@ -303,15 +303,15 @@ function commands.vars(ctx, args)
     if not (action and tier) then ctx:err("usage: cxone vars ACTION TIER"); return 1 end
     local c = client(ctx)
     if not c then return 1 end
-    local r, meta = c:vars(action, tier)
-    if not r then ctx:err("%s %s: %s", action, tier, tostring(meta)); return 1 end
+    local r, err = c:vars(action, tier)
+    if not r then ctx:err("%s %s: %s", action, tier, tostring(err)); return 1 end
     local vars = {}
     for i, v in ipairs(r.variables or {}) do
         vars[i] = { name = v.name, value = v.masked and "***" or v.value, masked = v.masked == true,
                     description = v.description }
     end
     if ctx.json then
-        ctx:emit({ action = action, environment = r.environmentId, etag = meta.etag, variables = vars })
+        ctx:emit({ action = action, environment = r.environmentId, etag = r.etag, variables = vars })
         return 0
     end
     local render = require("cxone.render")

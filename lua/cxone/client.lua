@@ -137,13 +137,24 @@ local function warn(self, msg)
     self.warnings[#self.warnings + 1] = msg
 end
 
---- Fetches one environment's variables: result, meta or nil, msg, code, meta.
+--- Fetches one environment's variables.
+-- @tparam string action the action id
+-- @tparam string tier a tier name ("production") or environment id ("prod")
+-- @treturn[1] table `{variables = {...} (masked values as ***), environmentId, actionId, etag,
+--   meta = {status, etag, attempts, latency_ms, ...}}`
+-- @treturn[2] fail nil, message, code
 function Client:vars(action, tier)
     local t, err = self.tiers:resolve(tier)
     if not t then return nil, err, "invalid" end
     local r, meta_or_msg, code, meta = self.core:get(action, t.id)
-    if r then note_latency(self, meta_or_msg) else note_latency(self, meta) end
-    return r, meta_or_msg, code, meta
+    if not r then
+        note_latency(self, meta)
+        return nil, meta_or_msg, code
+    end
+    note_latency(self, meta_or_msg)
+    r.meta = meta_or_msg
+    r.etag = meta_or_msg and meta_or_msg.etag
+    return r
 end
 
 --- Compares two tiers of an action: a cxone.DriftReport (tostring renders it).

@@ -310,7 +310,7 @@ end
 -- @treturn boolean true when the values are a failure
 function M.render_results(r, opts)
     local n = r.n
-    while n > 1 and r[n] == nil do n = n - 1 end -- `vars` gives r, meta, nil, nil: show r, meta
+    while n > 1 and r[n] == nil do n = n - 1 end -- trailing nils are not shown
     if n == 0 then return nil, false end
     if r[1] == nil and r.n >= 2 and type(r[2]) == "string" then
         local s = "nil  " .. render.quote(r[2], 400)

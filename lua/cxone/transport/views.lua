@@ -62,9 +62,9 @@ function M.guard(body, path)
 end
 
 --- An environment's variables as JSON (masked values read back as *** from the API).
-function M.vars(res, meta)
+function M.vars(res)
     return encode({ actionId = res.actionId, environmentId = res.environmentId,
-                    variables = res.variables, etag = meta and meta.etag })
+                    variables = res.variables, etag = res.etag })
 end
 
 --- A drift report as JSON.
