@@ -773,9 +773,13 @@ function Client:apply_all(rep, opts)
     return rep
 end
 
---- Applies one plan (see apply_all). Returns the step's result (`status` "applied",
--- "unchanged" or "dry_run"), or nil, message, code ("conflict" when the target changed
--- since the plan), result.
+--- Applies one plan (see apply_all).
+-- @tparam cxone.Plan plan
+-- @treturn[1] table the step's result: `status` "applied", "unchanged" or "dry_run", `head`
+--   (the audit trail's head hash), `build_id`, `reconciled`
+-- @treturn[2] fail nil, message, code ("conflict" when the target changed since the plan; the
+--   build's code when the variables landed and the build failed); `client.last_result` then
+--   holds the step's result (`head`, `build_status`, `build_code`)
 function Client:apply(plan, run_id)
     if not planmod.is(plan) then
         error("bad argument #1 to 'apply' (cxone.Plan expected)", 2)
@@ -798,8 +802,9 @@ function Client:apply(plan, run_id)
     self:apply_all(rep)
     local e = rep.steps[1]
     e.head = rep.head
+    self.last_result = e
     if e.status == "applied" and rep.ok then return e end
-    return nil, tostring(e.error or rep.message), e.code or rep.code, e
+    return nil, tostring(e.error or rep.message), e.code or rep.code
 end
 
 --- Plans and applies many steps (plan_all, then apply_all unless dry_run). Steps:
