@@ -8,7 +8,13 @@ description = {
     detailed = "A C module (cxone.core: validate, drift, audit, an OAuth2/libcurl client) and a Lua package (cxone) for promotion playbooks.",
     license = "MIT",
 }
-dependencies = { "lua >= 5.1, < 5.5" }
+-- Runtime dependencies of the Lua side (each also a Debian package in scripts/deps.sh:
+-- lua-cjson, lua-argparse); tests/check_rockspec.sh checks that every module lua/ requires is here.
+dependencies = {
+    "lua >= 5.1, < 5.5",
+    "lua-cjson >= 2.1.0",   -- cxone.cli (--json output)
+    "argparse >= 0.7",      -- cxone.cli (the command grammar, completion scripts)
+}
 external_dependencies = {
     CURL = { header = "curl/curl.h" },
     PCRE2 = { header = "pcre2.h" },
@@ -28,6 +34,7 @@ build = {
                 "plugin/http.c",
                 "plugin/client.c",
                 "plugin/statefile.c",
+                "plugin/wire.c",
             },
             defines = { "PCRE2_CODE_UNIT_WIDTH=8", "_GNU_SOURCE" },
             libraries = { "curl", "pcre2-8", "crypto" },
@@ -48,6 +55,11 @@ build = {
         ["cxone.ledger"] = "lua/cxone/ledger.lua",
         ["cxone.report"] = "lua/cxone/report.lua",
         ["cxone.cli"] = "lua/cxone/cli.lua",
+        ["cxone.repl"] = "lua/cxone/repl.lua",
+        ["cxone.transport.wire"] = "lua/cxone/transport/wire.lua",
+        ["cxone.transport.views"] = "lua/cxone/transport/views.lua",
+        ["cxone.haproxy"] = "lua/cxone/haproxy.lua",
+        ["resty.cxone"] = "lua/resty/cxone.lua",
     },
     install = { bin = { cxone = "bin/cxone" } },
 }

@@ -8,9 +8,9 @@ build-essential cmake pkg-config
 lua5.4 liblua5.4-dev lua5.3 liblua5.3-dev luajit2 libluajit2-5.1-dev
 lua-cjson lua-cjson-dev lua-compat53-dev lua-busted luarocks
 libcurl4-openssl-dev libpcre2-dev libssl-dev libmicrohttpd-dev
-curl openssl python3 valgrind wrk
+curl openssl python3 python3-yaml valgrind wrk
 clang libclang-rt-14-dev
-lua-readline lua-posix lua-argparse lua-ldoc man-db groff-base
+lua-readline lua-posix lua-argparse lua-ldoc lua-markdown man-db groff-base
 nghttp2-proxy nginx-light libnginx-mod-http-lua haproxy
 "
 [ "${1-}" = "--list" ] && { echo $PACKAGES; exit 0; }

@@ -338,7 +338,17 @@ end
 
 function commands.sim(ctx, args, raw)
     local bin = os.getenv("CXONE_SIM_BIN")
-    if not bin or bin == "" then bin = root_dir() .. "/build/lua5.4/sim/cxone-sim" end
+    if not bin or bin == "" then
+        -- the source tree's build, else the one installed beside this command, else PATH
+        local candidates = { root_dir() .. "/build/lua5.4/sim/cxone-sim" }
+        local here = arg and arg[0] and arg[0]:match("^(.*)/[^/]+$")
+        if here then candidates[2] = here .. "/cxone-sim" end
+        bin = "cxone-sim"
+        for _, c in ipairs(candidates) do
+            local f = io.open(c, "rb")
+            if f then f:close(); bin = c; break end
+        end
+    end
     local parts = { shquote(bin) }
     for _, a in ipairs(raw) do parts[#parts + 1] = shquote(a) end
     local r, _, code = os.execute("exec " .. table.concat(parts, " "))

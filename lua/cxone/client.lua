@@ -691,6 +691,8 @@ end
 -- audited as it completes, and a failure stops new writes. Without an audit trail that
 -- accepts the `apply.started` record, nothing is written.
 -- @tparam cxone.Report rep from plan_all (or a saved plan loaded by cxone.planfile)
+-- @tparam[opt] table opts `concurrency` (writes in flight; default the report's, then the
+--   client's, then 8), `on_progress` (called as `on_progress("written", done, total)`)
 -- @treturn cxone.Report the same report, with outcomes (`ok`, `message`, `code`, `head`)
 function Client:apply_all(rep, opts)
     if not reportmod.is(rep) then
