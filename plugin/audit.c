@@ -55,6 +55,9 @@ static int chainkey_init(chainkey *k, const void *key, size_t n)
 
 typedef struct {
     int fd;           /* -1 once closed */
+    long pid;         /* the process fd belongs to: a forked child opens the file again */
+    dev_t fdev;       /* the file fd was opened on (a child checks its copy still names it) */
+    ino_t fino;
     char *path;
     int sync;
     int dirty;        /* written since the last fsync */
@@ -311,10 +314,36 @@ static int lock_fd(int fd, int op)
     return rc;
 }
 
+/* Does a->fd still name the file it was opened on? (In a forked child it may not: the child
+ * may have closed the descriptor and reused the number.) */
+static int fd_is_ours(const audit *a)
+{
+    struct stat st;
+    return fstat(a->fd, &st) == 0 && st.st_dev == a->fdev && st.st_ino == a->fino;
+}
+
+static void note_file(audit *a)
+{
+    struct stat st;
+    if (fstat(a->fd, &st) == 0) {
+        a->fdev = st.st_dev;
+        a->fino = st.st_ino;
+    } else {
+        a->fdev = 0;
+        a->fino = 0;
+    }
+}
+
 static int audit_close_fd(audit *a)
 {
     int rc = 0;
-    if (a->fd >= 0) {
+    if (a->fd >= 0 && a->pid != (long)getpid()) {
+        /* a forked child's copy of the parent's descriptor: closing it releases nothing of the
+         * parent's (its flock stays), and the parent's writes are the parent's to sync */
+        if (fd_is_ours(a)) close(a->fd);
+        a->fd = -1;
+        a->dirty = 0;
+    } else if (a->fd >= 0) {
         if (a->dirty && a->sync != SYNC_NONE && fsync(a->fd) != 0) rc = -1;
         if (close(a->fd) != 0) rc = -1;
         a->fd = -1;
@@ -323,10 +352,39 @@ static int audit_close_fd(audit *a)
     return rc;
 }
 
+/* Makes a->fd this process's own. A forked child shares the parent's open file and with it the
+ * parent's flock: the child's LOCK_EX would be granted while the parent holds the lock, and its
+ * LOCK_UN would release the parent's, so two appends could interleave and break the chain. A
+ * child therefore opens the same file again (through /proc/self/fd, so a rotation since the
+ * open is followed as the parent would; by path where /proc is missing, e.g. in a chroot) and
+ * drops its copy of the parent's descriptor. 0, or -1 with errno. */
+static int own_fd(audit *a)
+{
+    long pid = (long)getpid();
+    if (a->pid == pid) return 0;
+    int fd = -1, ours = fd_is_ours(a);
+    if (ours) {
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", a->fd);
+        do fd = open(proc, O_RDWR | O_APPEND | O_CLOEXEC);
+        while (fd < 0 && errno == EINTR);
+    }
+    if (fd < 0) fd = open_fd(a->path);
+    if (fd < 0) return -1;
+    if (ours) close(a->fd);
+    a->fd = fd;
+    a->pid = pid;
+    a->dirty = 0;
+    a->cached = 0;
+    note_file(a);
+    return 0;
+}
+
 /***
  * Opens (creating it if needed) an audit trail for appending.
  * Several processes may hold the same file open: each append is one write() on an
- * O_APPEND descriptor under an exclusive flock, so lines never interleave. With `key`, records
+ * O_APPEND descriptor under an exclusive flock, so lines never interleave (a trail opened
+ * before a fork is opened again by the child on its first append). With `key`, records
  * are chained with HMAC-SHA-256 (`"chain":"hmac-sha256"` and the key's `key_id` in every
  * record), else with plain SHA-256 (`"chain":"sha256"`). The end of the file is read as `audit_verify` reads it: open
  * fails if its last line is not a record, does not verify, or is in the other mode.
@@ -357,6 +415,7 @@ static int l_audit_open(lua_State *L)
     audit *a = lua_newuserdatauv(L, sizeof *a, 0);
     memset(a, 0, sizeof *a);
     a->fd = -1;
+    a->pid = (long)getpid();
     luaL_setmetatable(L, AUDIT_MT);
     a->path = strdup(path);
     if (!a->path) return cxone_fail(L, "memory", "out of memory");
@@ -386,6 +445,8 @@ static int l_audit_open(lua_State *L)
         errno = e;
         return head_fail(L, path, "cannot open", rc);
     }
+    a->fdev = st.st_dev;
+    a->fino = st.st_ino;
     if (h.torn_bytes) {
         a->torn_offset = st.st_size - (off_t)h.torn_bytes;
         a->torn_bytes = h.torn_bytes;
@@ -546,6 +607,7 @@ static int follow_rotation(audit *a, head *carry, int *rotated)
     a->fd = fd;
     a->dirty = 0;
     a->cached = 0;
+    note_file(a);
     *rotated = 1;
     return H_OK;
 }
@@ -578,6 +640,10 @@ static int l_append(lua_State *L)
     if (body->len > RECORD_MAX - 512)
         return cxone_fail(L, "invalid", "audit trail %s: record too large (%zu bytes; at most 1 MiB)", a->path,
                           body->len);
+
+    if (own_fd(a) != 0)
+        return cxone_fail(L, "io", "audit trail %s: cannot open it again in this process: %s", a->path,
+                          strerror(errno));
 
     /* From here on nothing raises until the lock is released. */
     head carry, h;

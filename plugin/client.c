@@ -172,7 +172,8 @@ static void check_opts_table(lua_State *L, int idx)
 /* ---- constructor ---- */
 
 /***
- * Creates a client for the CXone API.
+ * Creates a client for the CXone API. A client used in a forked child (an nginx worker, say)
+ * opens its own connections there and never touches the parent's; its token is kept.
  * @function client
  * @tparam table opts see the module documentation (client_id, client_secret, base_url, ...)
  * @treturn[1] cxone.Client

@@ -1,6 +1,6 @@
 /* http: libcurl transport for cxone.Client: one multi handle per client, retries with
- * backoff and Retry-After, the OAuth2 token cache, and a redacting debug trace.
- * Nothing here calls Lua. */
+ * backoff and Retry-After, the OAuth2 token cache, a redacting debug trace, and fresh handles
+ * in a forked child. Nothing here calls Lua. */
 #include <ctype.h>
 #include <math.h>
 #include <stdio.h>
@@ -8,6 +8,9 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
@@ -439,23 +442,177 @@ cxone_http *cxone_http_new(void)
     return h;
 }
 
+/* ---- fork safety ----
+ * libcurl's handles must never be used in two processes (its documentation says so): after a
+ * fork the pooled connections, their TLS state and HTTP/2 streams are still the parent's, and a
+ * child writing on them would mix its requests into the parent's (one answer for the other).
+ * So the handles remember the process that made them (h->pid), and a client used or closed in
+ * another process abandons the inherited handles and, when used, makes new ones over new
+ * connections. The token cache is kept (a token is not tied to a connection); the backoff
+ * jitter is reseeded from the CSPRNG so that parent and children do not retry in step.
+ *
+ * Abandoning must put nothing on the parent's sockets: curl's teardown of a TLS connection
+ * reads from it (taking bytes meant for the parent) and sends close_notify, and on HTTP/2 it
+ * may send a GOAWAY, any of which ends the parent's connection; it also closes descriptor
+ * numbers the child may have closed and reused for files of its own (curl's internal wakeup
+ * socket pair cannot even be told apart from those). So the child never runs curl's teardown
+ * on inherited handles: it leaks them, kept reachable (keep_forever), and only closes its copies
+ * of the connection sockets, which on_open_socket records for every socket curl opens
+ * (descriptor and inode, so that a number reused since is left alone). Closing a copy says
+ * nothing on the wire (the parent still holds the socket) and lets the server see the
+ * connection end when the parent ends it. The leak costs no physical memory until touched (the
+ * pages are shared with the parent, copy-on-write) and two descriptors (curl's wakeup pair) per
+ * inherited client. */
+
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a)
+{
+    cxone_http *h = ud;
+    (void)purpose;
+    if (h->nsocks == h->capsocks) {
+        size_t cap = h->capsocks ? h->capsocks * 2 : 8;
+        struct cxone_http_sock *p = realloc(h->socks, cap * sizeof *p);
+        if (!p) return CURL_SOCKET_BAD; /* curl reports it as a failed connect */
+        h->socks = p;
+        h->capsocks = cap;
+    }
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd < 0) return CURL_SOCKET_BAD;
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return CURL_SOCKET_BAD;
+    }
+    h->socks[h->nsocks].fd = fd;
+    h->socks[h->nsocks].ino = (unsigned long long)st.st_ino;
+    h->nsocks++;
+    return fd;
+}
+
+static int on_close_socket(void *ud, curl_socket_t fd)
+{
+    cxone_http *h = ud;
+    for (size_t i = 0; i < h->nsocks; i++)
+        if (h->socks[i].fd == fd) {
+            h->socks[i] = h->socks[--h->nsocks];
+            break;
+        }
+    return close(fd);
+}
+
+static void reseed(cxone_http *h)
+{
+    uint64_t seed = 0;
+    if (RAND_bytes((unsigned char *)&seed, sizeof seed) != 1) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec;
+    }
+    h->rng = seed | 1;
+}
+
+/* Makes the multi handle and the token's easy handle; 0, or -1 (nothing left half made). */
+static int make_handles(cxone_http *h)
+{
+    h->multi = curl_multi_init();
+    h->tok_easy = curl_easy_init();
+    if (!h->multi || !h->tok_easy) {
+        if (h->tok_easy) curl_easy_cleanup(h->tok_easy);
+        if (h->multi) curl_multi_cleanup(h->multi);
+        h->multi = NULL;
+        h->tok_easy = NULL;
+        return -1;
+    }
+    /* connections are pooled in the multi handle; allow one per concurrent transfer */
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)CXH_MAX_CONCURRENCY);
+    return 0;
+}
+
+/* Frees the handles (closing their connections) and forgets them. */
+static void free_handles(cxone_http *h)
+{
+    /* the engine never returns with handles attached, but be defensive */
+    for (int i = 0; i < h->neasy; i++) {
+        if (h->multi) curl_multi_remove_handle(h->multi, h->easy[i]);
+        curl_easy_cleanup(h->easy[i]);
+    }
+    if (h->tok_easy) {
+        if (h->multi) curl_multi_remove_handle(h->multi, h->tok_easy);
+        curl_easy_cleanup(h->tok_easy);
+    }
+    if (h->multi) curl_multi_cleanup(h->multi);
+    h->multi = NULL;
+    h->tok_easy = NULL;
+    h->neasy = h->nfree = 0;
+}
+
+/* Inherited handles stay reachable from here, never freed (a leak checker does not count them
+ * as lost); a lock-free push, for hosts with threads. */
+struct kept_handles {
+    struct kept_handles *next;
+    CURLM *multi;
+    CURL *tok_easy;
+    int neasy;
+    CURL *easy[CXH_MAX_CONCURRENCY];
+};
+static struct kept_handles *kept;
+
+static void keep_forever(const cxone_http *h)
+{
+    if (!h->multi && !h->tok_easy && h->neasy == 0) return;
+    struct kept_handles *k = malloc(sizeof *k);
+    if (!k) return; /* then lost for real, which is all the difference */
+    k->multi = h->multi;
+    k->tok_easy = h->tok_easy;
+    k->neasy = h->neasy;
+    memcpy(k->easy, h->easy, sizeof k->easy);
+    k->next = __atomic_load_n(&kept, __ATOMIC_RELAXED);
+    while (!__atomic_compare_exchange_n(&kept, &k->next, k, 0, __ATOMIC_RELEASE, __ATOMIC_RELAXED)) {}
+}
+
+/* In a forked child: closes this process's copies of the inherited connection sockets (those
+ * whose number still names the same socket) and abandons the handles (see above). */
+static void drop_inherited(cxone_http *h)
+{
+    for (size_t i = 0; i < h->nsocks; i++) {
+        struct stat st;
+        if (fstat(h->socks[i].fd, &st) == 0 && S_ISSOCK(st.st_mode)
+            && (unsigned long long)st.st_ino == h->socks[i].ino)
+            close(h->socks[i].fd);
+    }
+    h->nsocks = 0;
+    keep_forever(h);
+    h->multi = NULL;
+    h->tok_easy = NULL;
+    h->neasy = h->nfree = 0;
+}
+
+/* Makes the handles usable in this process: fresh ones in a forked child, and again after an
+ * earlier failure to make them. 0, or -1 (out of memory). */
+static int own_handles(cxone_http *h)
+{
+    long pid = (long)getpid();
+    if (h->pid != pid) {
+        drop_inherited(h);
+        reseed(h);
+        h->pid = pid;
+    }
+    if (h->multi && h->tok_easy) return 0;
+    free_handles(h);
+    return make_handles(h);
+}
+
 int cxone_http_start(cxone_http *h, char *err, size_t errlen)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         snprintf(err, errlen, "libcurl failed to initialise");
         return -1;
     }
-    h->multi = curl_multi_init();
-    h->tok_easy = curl_easy_init();
-    if (!h->multi || !h->tok_easy) {
+    h->pid = (long)getpid(); /* also says curl_global_init was called */
+    if (make_handles(h) != 0) {
         snprintf(err, errlen, "out of memory creating the libcurl handles");
         return -1;
     }
-    /* connections are pooled in the multi handle; allow one per concurrent transfer */
-    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, (long)CXH_MAX_CONCURRENCY);
-    uint64_t seed = 0;
-    if (RAND_bytes((unsigned char *)&seed, sizeof seed) != 1) seed = (uint64_t)time(NULL);
-    h->rng = seed | 1;
+    reseed(h);
     return 0;
 }
 
@@ -471,19 +628,10 @@ static void drop_token(cxone_http *h)
 void cxone_http_free(cxone_http *h)
 {
     if (!h) return;
-    /* the engine never returns with handles attached, but be defensive */
-    for (int i = 0; i < h->neasy; i++) {
-        if (h->multi) curl_multi_remove_handle(h->multi, h->easy[i]);
-        curl_easy_cleanup(h->easy[i]);
-    }
-    if (h->tok_easy) {
-        if (h->multi) curl_multi_remove_handle(h->multi, h->tok_easy);
-        curl_easy_cleanup(h->tok_easy);
-    }
-    if (h->multi) {
-        curl_multi_cleanup(h->multi);
-        curl_global_cleanup();
-    }
+    if (h->pid && h->pid != (long)getpid()) drop_inherited(h); /* closed in a forked child */
+    else free_handles(h);
+    if (h->pid) curl_global_cleanup();
+    free(h->socks);
     cxone_xfer_reset(&h->tok);
     drop_token(h);
     cxone_sfree(&h->client_secret);
@@ -865,6 +1013,10 @@ static int start_attempt(cxone_http *h, cxone_xfer *x, CURL *e, double now)
     SET(CURLOPT_HEADERDATA, x);
     SET(CURLOPT_ERRORBUFFER, x->errbuf);
     SET(CURLOPT_PRIVATE, x);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    SET(CURLOPT_OPENSOCKETDATA, h);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    SET(CURLOPT_CLOSESOCKETDATA, h);
     if (strcmp(x->method, "GET") == 0) {
         SET(CURLOPT_HTTPGET, 1L);
     } else {
@@ -1110,6 +1262,21 @@ void cxone_http_run(cxone_http *h, cxone_xfer **xs, size_t n, int concurrency,
 {
     if (concurrency < 1) concurrency = 1;
     if (concurrency > CXH_MAX_CONCURRENCY) concurrency = CXH_MAX_CONCURRENCY;
+    if (own_handles(h) != 0) { /* a forked child could not make its own handles */
+        double now = cxone_http_now();
+        h->tok_fail_code = "memory";
+        snprintf(h->tok_fail_msg, sizeof h->tok_fail_msg, "out of memory creating the libcurl handles");
+        for (size_t i = 0; i < n; i++) {
+            cxone_xfer *x = xs[i];
+            x->h = h;
+            x->id = ++h->next_id;
+            x->first_start = now;
+            h->stats.requests++;
+            if (!x->fail_code) xfer_fail(x, "memory", "%s", h->tok_fail_msg);
+            finish(h, x, now);
+        }
+        return;
+    }
     cxone_xfer *act[CXH_MAX_CONCURRENCY]; /* admitted, not done */
     int nact = 0;
     size_t next = 0, ndone = 0;

@@ -83,6 +83,11 @@ typedef struct cxone_http {
     uint64_t rng;
     int next_id;
     cxone_http_stats stats;
+    /* fork safety: the process that made the libcurl handles, and the sockets they hold open
+     * (descriptor and inode), so that a forked child can drop them without a word on the wire */
+    long pid;
+    struct cxone_http_sock { int fd; unsigned long long ino; } *socks;
+    size_t nsocks, capsocks;
 } cxone_http;
 
 double cxone_http_now(void);

@@ -18,6 +18,8 @@ typedef struct {
     int lockfd;   /* -1 once closed */
     int locks;    /* lock() nesting depth */
     pid_t pid;    /* the process that opened it: a forked child must reopen */
+    dev_t dev;    /* the lock file's identity, so that a child never closes a descriptor */
+    ino_t ino;    /*   number that has since been reused for something else */
     char *path;
 } statefile;
 
@@ -35,20 +37,52 @@ static int open_lock(const char *path)
     return fd;
 }
 
-/* The object, usable in this process: a forked child gets a lock descriptor of its own (a lock
- * held through the parent's open file would be shared with it). */
+/* Opens the lock file and remembers which file it is. */
+static int open_own_lock(statefile *s)
+{
+    s->lockfd = open_lock(s->path);
+    if (s->lockfd < 0) return -1;
+    struct stat st;
+    if (fstat(s->lockfd, &st) != 0) {
+        int e = errno;
+        close(s->lockfd);
+        s->lockfd = -1;
+        errno = e;
+        return -1;
+    }
+    s->dev = st.st_dev;
+    s->ino = st.st_ino;
+    s->pid = getpid();
+    return 0;
+}
+
+/* In a forked child, closes the inherited copy of the lock descriptor, but only while that
+ * number still names our lock file (the child may have reused it for something else). The
+ * parent's lock is not touched: closing a copy never releases a flock held by another copy. */
+static void forget_inherited(statefile *s)
+{
+    struct stat st;
+    if (s->lockfd >= 0 && fstat(s->lockfd, &st) == 0 && st.st_dev == s->dev && st.st_ino == s->ino)
+        close(s->lockfd);
+    s->lockfd = -1;
+    s->locks = 0;
+}
+
 static statefile *check_sf(lua_State *L, int idx)
 {
     statefile *s = luaL_checkudata(L, idx, STATEFILE_MT);
-    if (s->lockfd < 0) luaL_error(L, "attempt to use a closed " STATEFILE_MT);
-    if (s->pid != getpid()) {
-        close(s->lockfd);
-        s->locks = 0;
-        s->pid = getpid();
-        s->lockfd = open_lock(s->path);
-        if (s->lockfd < 0) luaL_error(L, "cannot reopen the lock file of %s: %s", s->path, strerror(errno));
-    }
+    if (s->lockfd < 0 && s->pid == getpid()) luaL_error(L, "attempt to use a closed " STATEFILE_MT);
     return s;
+}
+
+/* The object, usable in this process: a forked child gets a lock descriptor of its own (a lock
+ * held through the parent's open file would be shared with it). Returns -1 (errno set) when the
+ * lock file cannot be reopened. */
+static int own(statefile *s)
+{
+    if (s->pid == getpid()) return 0;
+    forget_inherited(s);
+    return open_own_lock(s);
 }
 
 static int sf_fail(lua_State *L, const statefile *s, const char *what, int e)
@@ -123,8 +157,7 @@ static int l_state_open(lua_State *L)
     luaL_setmetatable(L, STATEFILE_MT);
     s->path = strdup(path);
     if (!s->path) return cxone_fail(L, "memory", "out of memory opening a state file");
-    s->lockfd = open_lock(path);
-    if (s->lockfd < 0) return cxone_fail(L, "io", "cannot open the lock file of %s: %s", path, strerror(errno));
+    if (open_own_lock(s) != 0) return cxone_fail(L, "io", "cannot open the lock file of %s: %s", path, strerror(errno));
     return 1;
 }
 
@@ -137,6 +170,7 @@ static int l_state_open(lua_State *L)
 static int m_lock(lua_State *L)
 {
     statefile *s = check_sf(L, 1);
+    if (own(s) != 0) return sf_fail(L, s, "cannot reopen the lock file of", errno);
     if (take_lock(s) != 0) return sf_fail(L, s, "cannot lock", errno);
     lua_pushboolean(L, 1);
     return 1;
@@ -149,7 +183,7 @@ static int m_lock(lua_State *L)
 static int m_unlock(lua_State *L)
 {
     statefile *s = check_sf(L, 1);
-    drop_lock(s);
+    if (s->pid == getpid()) drop_lock(s); /* a child holds no lock of its own yet */
     return 0;
 }
 
@@ -162,6 +196,7 @@ static int m_unlock(lua_State *L)
 static int m_read(lua_State *L)
 {
     statefile *s = check_sf(L, 1);
+    if (own(s) != 0) return sf_fail(L, s, "cannot reopen the lock file of", errno);
     int fd = open(s->path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT) { lua_pushliteral(L, ""); return 1; }
@@ -210,6 +245,7 @@ static int m_append(lua_State *L)
     statefile *s = check_sf(L, 1);
     size_t n;
     const char *text = luaL_checklstring(L, 2, &n);
+    if (own(s) != 0) return sf_fail(L, s, "cannot reopen the lock file of", errno);
     if (take_lock(s) != 0) return sf_fail(L, s, "cannot lock", errno);
     int fd = open(s->path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
     if (fd < 0) {
@@ -249,6 +285,7 @@ static int m_replace(lua_State *L)
     statefile *s = check_sf(L, 1);
     size_t n, plen = strlen(s->path);
     const char *text = luaL_checklstring(L, 2, &n);
+    if (own(s) != 0) return sf_fail(L, s, "cannot reopen the lock file of", errno);
     char *tmp = malloc(plen + 8);
     if (!tmp) return cxone_fail(L, "memory", "out of memory replacing %s", s->path);
     memcpy(tmp, s->path, plen);
@@ -278,17 +315,26 @@ static int m_replace(lua_State *L)
 /***
  * Closes the lock file (releasing the lock); idempotent. Also __gc and __close.
  * @function StateFile:close
+ * @treturn boolean true
  */
 static int m_close(lua_State *L)
 {
     statefile *s = luaL_checkudata(L, 1, STATEFILE_MT);
-    /* in a forked child the descriptor is a copy: closing it releases nothing of the parent's */
-    if (s->lockfd >= 0) close(s->lockfd);
+    if (s->pid != getpid()) {
+        /* a copy inherited by a forked child: closing it releases nothing of the parent's */
+        forget_inherited(s);
+    } else if (s->lockfd >= 0) {
+        /* release explicitly: a forked child's copy of the descriptor would keep the lock */
+        if (s->locks > 0) flock(s->lockfd, LOCK_UN);
+        close(s->lockfd);
+    }
+    s->pid = getpid(); /* closed here, whichever process opened it */
     s->lockfd = -1;
     s->locks = 0;
     free(s->path);
     s->path = NULL;
-    return 0;
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 static int m_tostring(lua_State *L)

@@ -52,16 +52,11 @@ local function getenv(name)
     return v
 end
 
--- 16 hex digits from the OS's CSPRNG.
+-- 16 hex digits from the OS's CSPRNG (OpenSSL RAND_bytes): distinct across forked processes.
+-- Never a guessed fallback: two processes must not share a run id (builds' keys derive from it).
 local function new_run_id()
-    local f = io.open("/dev/urandom", "rb")
-    local bytes = f and f:read(8)
-    if f then f:close() end
-    if not bytes or #bytes ~= 8 then
-        bytes = tostring(os.time()) .. tostring(os.clock()) .. tostring({})
-        return core.sha256(bytes):sub(1, 16)
-    end
-    return (bytes:gsub(".", function(c) return ("%02x"):format(c:byte()) end))
+    local u = assert(core.wire_uuid())
+    return (u:gsub("%-", ""):sub(1, 16))
 end
 M.new_run_id = new_run_id
 
