@@ -299,14 +299,15 @@ const char *cxone_opt_string(lua_State *L, int idx, const char *field, const cha
  * SHA-256 of a string, as lowercase hex.
  * @function sha256
  * @tparam string data
- * @treturn string 64 hex digits
+ * @treturn[1] string 64 hex digits
+ * @treturn[2] fail code "memory" (libcrypto could not allocate)
  */
 static int l_sha256(lua_State *L)
 {
     size_t n;
     const char *s = luaL_checklstring(L, 1, &n);
     char hex[65];
-    if (cxone_sha256_hex(s, n, hex) != 0) return luaL_error(L, "libcrypto: SHA-256 failed");
+    if (cxone_sha256_hex(s, n, hex) != 0) return cxone_fail(L, "memory", "libcrypto: SHA-256 failed");
     lua_pushstring(L, hex);
     return 1;
 }
@@ -316,7 +317,8 @@ static int l_sha256(lua_State *L)
  * @function hmac_sha256
  * @tparam string key
  * @tparam string data
- * @treturn string 64 hex digits
+ * @treturn[1] string 64 hex digits
+ * @treturn[2] fail code "memory" (libcrypto could not allocate)
  */
 static int l_hmac_sha256(lua_State *L)
 {
@@ -324,7 +326,7 @@ static int l_hmac_sha256(lua_State *L)
     const char *k = luaL_checklstring(L, 1, &kn);
     const char *s = luaL_checklstring(L, 2, &n);
     char hex[65];
-    if (cxone_hmac_sha256_hex(k, kn, s, n, hex) != 0) return luaL_error(L, "libcrypto: HMAC failed");
+    if (cxone_hmac_sha256_hex(k, kn, s, n, hex) != 0) return cxone_fail(L, "memory", "libcrypto: HMAC failed");
     lua_pushstring(L, hex);
     return 1;
 }
