@@ -148,22 +148,6 @@ static int if_match_ok(const char *s, size_t n)
     return 1;
 }
 
-/* Reads an optional string field of the table at idx (raising an argument error naming it). */
-static const char *opt_str(lua_State *L, int idx, int argn, const char *field, size_t *len)
-{
-    if (lua_isnoneornil(L, idx)) return NULL;
-    rawfield(L, idx, field);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return NULL; }
-    if (lua_type(L, -1) != LUA_TSTRING) {
-        const char *m = lua_pushfstring(L, "option '%s' must be a string, got %s", field,
-                                        luaL_typename(L, -1));
-        luaL_argerror(L, argn, m);
-    }
-    const char *s = lua_tolstring(L, -1, len);
-    lua_pop(L, 1); /* still referenced by the table */
-    return s;
-}
-
 static void check_opts_table(lua_State *L, int idx)
 {
     if (!lua_isnoneornil(L, idx)) luaL_checktype(L, idx, LUA_TTABLE);
@@ -758,7 +742,7 @@ static int patch_or_put(lua_State *L, int op)
     check_opts_table(L, 3);
     const char *a = payload_id(L, 2, 2, "actionId");
     const char *e = payload_id(L, 2, 2, "environmentId");
-    const char *if_match = opt_str(L, 3, 3, "if_match", NULL);
+    const char *if_match = cxone_opt_string(L, 3, "if_match", NULL, NULL);
     prepare(L, c->h, &c->one, op, a, e, 2, if_match, NULL);
     return run_one(L, c, op, 2, NULL);
 }
@@ -797,7 +781,7 @@ static int m_build(lua_State *L)
     client_t *c = check_client(L, 1);
     const char *a = luaL_checkstring(L, 2);
     check_opts_table(L, 3);
-    const char *idem = opt_str(L, 3, 3, "idempotency_key", NULL);
+    const char *idem = cxone_opt_string(L, 3, "idempotency_key", NULL, NULL);
     char uuid[37];
     if (!idem) {
         if (cxone_http_uuid4(uuid) != 0) return cxone_fail(L, "memory", "the random generator failed");
@@ -830,7 +814,7 @@ static int m_webhook(lua_State *L)
     luaL_checktype(L, 3, LUA_TTABLE);
     check_opts_table(L, 4);
     size_t sl = 0;
-    const char *secret = opt_str(L, 4, 4, "secret", &sl);
+    const char *secret = cxone_opt_string(L, 4, "secret", NULL, &sl);
     lua_Integer ts = cxone_opt_integer(L, 4, "timestamp", (lua_Integer)time(NULL));
     luaL_argcheck(L, ts >= 0, 4, "option 'timestamp' must be a unix time (>= 0)");
     char why[400];
