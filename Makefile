@@ -19,12 +19,23 @@ test: deps
 	@scripts/test.sh
 
 bench: deps
-	@scripts/build.sh 5.4
+	@scripts/build.sh 5.4 5.3 luajit
 	@bench/run.sh $(BUILD)/lua5.4
 
 demo: deps
 	@scripts/build.sh 5.4 >/dev/null
 	@scripts/demo.sh
 
+# libFuzzer harnesses (tests/fuzz): each runs FUZZ_SECONDS (default 600) with ASan + UBSan.
+.PHONY: fuzz
+fuzz: deps
+	@scripts/build.sh 5.4
+	@scripts/fuzz.sh
+
 clean:
 	rm -rf $(BUILD)
+
+# The HTML reference (LDoc): $(BUILD)/doc/index.html. The man page is doc/cxone.1 (man -l doc/cxone.1).
+.PHONY: doc
+doc: deps
+	@sh doc/ldoc.sh $(BUILD)/doc
