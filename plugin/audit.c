@@ -592,6 +592,8 @@ static int follow_rotation(audit *a, head *carry, int *rotated)
 {
     struct stat pst, fst;
     *rotated = 0;
+    /* one stat per append: the path against the identity noted when fd was opened */
+    if (stat(a->path, &pst) == 0 && pst.st_dev == a->fdev && pst.st_ino == a->fino && a->fino != 0) return H_OK;
     if (fstat(a->fd, &fst) != 0) return H_ERRNO;
     if (stat(a->path, &pst) == 0 && pst.st_dev == fst.st_dev && pst.st_ino == fst.st_ino) return H_OK;
     if (lock_fd(a->fd, LOCK_SH) != 0) return H_ERRNO;
