@@ -15,11 +15,14 @@ P=$tmp/prefix
 
 cmake --install "$BUILD" --prefix "$P" >"$tmp/install.log" 2>&1 || { cat "$tmp/install.log" >&2; fail "cmake --install"; }
 for f in bin/cxone lib/lua/5.4/cxone/core.so share/lua/5.4/cxone/init.lua share/lua/5.4/cxone/cli.lua \
-         share/man/man1/cxone.1 share/bash-completion/completions/cxone; do
+         share/man/man1/cxone.1 share/bash-completion/completions/cxone \
+         share/zsh/vendor-completions/_cxone share/fish/vendor_completions.d/cxone.fish; do
     [ -f "$P/$f" ] || fail "not installed: $f"
 done
 [ -x "$P/bin/cxone" ] || fail "bin/cxone is not executable"
-ok "layout: bin, lib/lua/5.4, share/lua/5.4, share/man/man1, share/bash-completion/completions"
+head -n 1 "$P/share/zsh/vendor-completions/_cxone" | grep -qx '#compdef cxone' || fail "the zsh completion has no #compdef line"
+grep -q 'complete -c cxone' "$P/share/fish/vendor_completions.d/cxone.fish" || fail "the fish completion completes nothing for cxone"
+ok "layout: bin, lib/lua/5.4, share/lua/5.4, share/man/man1, bash, zsh and fish completions"
 
 # Every module of the tree is installed (a module added to lua/ and not installed fails here).
 (cd "$SRC/lua" && find . -name '*.lua' | sort) >"$tmp/tree"
