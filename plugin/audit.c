@@ -1124,13 +1124,7 @@ void cxone_audit_open(lua_State *L)
         {"__tostring", audit_tostring},
         {NULL, NULL},
     };
-    if (luaL_newmetatable(L, AUDIT_MT)) {
-        luaL_setfuncs(L, metameth, 0);
-        lua_newtable(L);
-        luaL_setfuncs(L, meth, 0);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    cxone_class(L, AUDIT_MT, metameth, meth);
     lua_pushcfunction(L, l_audit_open);
     lua_setfield(L, -2, "audit_open");
     lua_pushcfunction(L, l_verify);

@@ -130,15 +130,6 @@ static int header_value_ok(const char *s, size_t n)
     return 1;
 }
 
-/* Pushes t[field] read raw: a caller's table runs no metamethod inside the client, so the
- * strings read here stay referenced by the table (and valid) after they are popped. */
-static int rawfield(lua_State *L, int t, const char *field)
-{
-    t = lua_absindex(L, t);
-    lua_pushstring(L, field);
-    return lua_rawget(L, t);
-}
-
 /* If-Match values: printable ASCII, up to 255 bytes (the longest ETag the transport keeps). */
 static int if_match_ok(const char *s, size_t n)
 {
@@ -270,17 +261,6 @@ static int l_client(lua_State *L)
 
 /* ---- outcomes ---- */
 
-/* Copies a server-provided string into out: printable ASCII, at most cap-1 bytes. */
-static void sanitize(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t j = 0;
-    for (size_t i = 0; i < n && j + 1 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        out[j++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
-    }
-    out[j] = '\0';
-}
-
 /* Appends s[0..n) JSON-quoted with every non-ASCII character as a \\uXXXX escape (hex digits in
  * the given case), as encoders that escape to ASCII write it. Invalid UTF-8 is left as is. */
 static void json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper)
@@ -333,7 +313,7 @@ static cxone_buf *push_secrets(lua_State *L, const cxone_http *h, int payload, c
     size_t nvars = 0;
     int vars = 0;
     if (payload && lua_type(L, payload) == LUA_TTABLE) {
-        if (rawfield(L, payload, "variables") == LUA_TTABLE) {
+        if (cxone_rawfield(L, payload, "variables") == LUA_TTABLE) {
             vars = lua_gettop(L);
             nvars = (size_t)lua_rawlen(L, vars);
         } else {
@@ -349,10 +329,10 @@ static cxone_buf *push_secrets(lua_State *L, const cxone_http *h, int payload, c
     for (size_t i = 1; i <= nvars; i++) {
         lua_rawgeti(L, vars, (lua_Integer)i);           /* entry */
         if (lua_type(L, -1) == LUA_TTABLE) {
-            rawfield(L, -1, "masked");                   /* entry, masked */
+            cxone_rawfield(L, -1, "masked");                   /* entry, masked */
             int masked = lua_toboolean(L, -1);
             lua_pop(L, 1);                               /* entry */
-            if (masked && rawfield(L, -1, "value") == LUA_TSTRING) { /* entry, value */
+            if (masked && cxone_rawfield(L, -1, "value") == LUA_TSTRING) { /* entry, value */
                 masked_t *m = &mv[nm++];
                 m->p = lua_tolstring(L, -1, &m->n);
                 for (int f = 0; f < SECRET_FORMS - 1; f++) {
@@ -400,23 +380,13 @@ static void error_field(lua_State *L, const cxone_http *h, const cxone_xfer *x, 
     if (!x->resp.p || x->resp.len == 0) return;
     int top = lua_gettop(L);
     if (!cxone_json_decode(L, x->resp.p, x->resp.len, err, sizeof err)) return;
-    if (lua_type(L, -1) == LUA_TTABLE && rawfield(L, -1, key) == LUA_TSTRING) {
+    if (lua_type(L, -1) == LUA_TTABLE && cxone_rawfield(L, -1, key) == LUA_TSTRING) {
         size_t n;
         const char *s = lua_tolstring(L, -1, &n);
         cxone_span *spans;
         size_t ns;
         cxone_buf *forms = push_secrets(L, h, payload, &spans, &ns);
-        cxone_buf *clean = cxone_buf_push(L);
-        cxone_scrub_into(clean, s, n, spans, ns);
-        size_t m = clean->len;
-        if (!clean->oom && m > 0) {
-            if (m > cap - 1) {
-                m = cap - 1;
-                cxone_scrub_cut(clean->p, &m, spans, ns);
-            }
-            sanitize(clean->p, m, out, cap);
-        }
-        cxone_buf_free(clean); /* wiped now */
+        cxone_scrub_message(s, n, spans, ns, out, cap);
         cxone_buf_free(forms);
     }
     lua_settop(L, top);
@@ -426,15 +396,15 @@ static void error_field(lua_State *L, const cxone_http *h, const cxone_xfer *x, 
 static void scrub_masked(lua_State *L, int payload, char *msg, size_t cap)
 {
     if (payload == 0 || lua_type(L, payload) != LUA_TTABLE) return;
-    rawfield(L, payload, "variables");
+    cxone_rawfield(L, payload, "variables");
     if (lua_type(L, -1) == LUA_TTABLE) {
         size_t n = (size_t)lua_rawlen(L, -1);
         for (size_t i = 1; i <= n; i++) {
             lua_rawgeti(L, -1, (lua_Integer)i);
             if (lua_type(L, -1) == LUA_TTABLE) {
-                rawfield(L, -1, "masked");
+                cxone_rawfield(L, -1, "masked");
                 int masked = lua_toboolean(L, -1);
-                rawfield(L, -2, "value");
+                cxone_rawfield(L, -2, "value");
                 size_t vl;
                 const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
                 if (masked && v) cxone_scrub_value(msg, cap, v, vl);
@@ -668,7 +638,7 @@ static void prepare(lua_State *L, cxone_http *h, cxone_xfer *x, int op, const ch
 /* payload.actionId / payload.environmentId, raising an argument error if not strings. */
 static const char *payload_id(lua_State *L, int payload, int argn, const char *field)
 {
-    rawfield(L, payload, field);
+    cxone_rawfield(L, payload, field);
     if (lua_type(L, -1) != LUA_TSTRING) {
         const char *m = lua_pushfstring(L, "payload.%s must be a string, got %s", field,
                                         luaL_typename(L, -1));
@@ -889,7 +859,7 @@ static int batch_gc(lua_State *L)
 
 static const char *req_str(lua_State *L, int t, size_t i, const char *field, int required)
 {
-    int ty = rawfield(L, t, field);
+    int ty = cxone_rawfield(L, t, field);
     if (ty == LUA_TNIL && !required) { lua_pop(L, 1); return NULL; }
     if (ty != LUA_TSTRING) {
         const char *m = lua_pushfstring(L, "request #%d: '%s' must be a string, got %s", (int)i, field,
@@ -962,7 +932,7 @@ static int m_batch(lua_State *L)
         const char *idem = req_str(L, t, i, "idempotency_key", 0);
         cxone_xfer *x = &b->x[i - 1];
         if (k == OP_PATCH || k == OP_PUT) {
-            if (rawfield(L, t, "payload") != LUA_TTABLE) {
+            if (cxone_rawfield(L, t, "payload") != LUA_TTABLE) {
                 const char *m = lua_pushfstring(L, "request #%d: 'payload' must be a table", (int)i);
                 luaL_argerror(L, 2, m);
             }
@@ -970,7 +940,7 @@ static int m_batch(lua_State *L)
             const char *id[2];
             for (int f = 0; f < 2; f++) {
                 const char *field = f ? "environmentId" : "actionId";
-                if (rawfield(L, p, field) != LUA_TSTRING) {
+                if (cxone_rawfield(L, p, field) != LUA_TSTRING) {
                     const char *m = lua_pushfstring(L, "request #%d: payload.%s must be a string",
                                                     (int)i, field);
                     luaL_argerror(L, 2, m);
@@ -1148,11 +1118,7 @@ void cxone_client_open(lua_State *L)
         {"__tostring", m_tostring},
         {NULL, NULL},
     };
-    luaL_newmetatable(L, CLIENT_MT);
-    luaL_setfuncs(L, metameth, 0);
-    luaL_newlib(L, meth);
-    lua_setfield(L, -2, "__index");
-    lua_pop(L, 1);
+    cxone_class(L, CLIENT_MT, metameth, meth);
     lua_pushcfunction(L, l_client);
     lua_setfield(L, -2, "client");
 }
@@ -1165,6 +1131,10 @@ void cxone_json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper)
     json_quote_ascii(out, s, n, upper);
 }
 int cxone_header_value_ok(const char *s, size_t n) { return header_value_ok(s, n); }
+void cxone_scrub_masked(lua_State *L, int payload, char *msg, size_t cap)
+{
+    scrub_masked(L, payload, msg, cap);
+}
 int cxone_check_url(const char *what, const char *url, int insecure_http, int allow_query,
                     char *why, size_t whylen)
 {

@@ -64,6 +64,11 @@ void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span 
 /* Shortens *n so that s[0..*n) does not end with the start of a secret (see above); returns 1
  * if it did. For text about to be cut at *n. */
 int cxone_scrub_cut(const char *s, size_t *n, const cxone_span *secrets, size_t ns);
+/* A server's text made fit for a message: the secrets scrubbed from the whole of s[0..n) first,
+ * then cut to cap-1 bytes (never ending with the start of a secret), then printable ASCII only
+ * (other bytes as '?'). out is "" if memory ran out. */
+void cxone_scrub_message(const char *s, size_t n, const cxone_span *secrets, size_t ns, char *out,
+                         size_t cap);
 
 /* JSON (plugin/json.c). null is a NULL light userdata, as with lua-cjson. */
 #define CXONE_JSON_MAX_DEPTH 64
@@ -93,5 +98,11 @@ lua_Number cxone_opt_number(lua_State *L, int idx, const char *field, lua_Number
 int cxone_opt_boolean(lua_State *L, int idx, const char *field, int def);
 /* Returns the string (valid while the options table holds it) or def. */
 const char *cxone_opt_string(lua_State *L, int idx, const char *field, const char *def, size_t *len);
+/* Pushes t[field] read raw (returns its type): a caller's table runs no metamethod inside the
+ * module, so strings read this way stay referenced by the table after they are popped. */
+int cxone_rawfield(lua_State *L, int t, const char *field);
+/* Registers a userdata class once: metatable `name` with the metamethods, and the methods as
+ * its __index table. Leaves the stack as it was. */
+void cxone_class(lua_State *L, const char *name, const luaL_Reg *metameth, const luaL_Reg *meth);
 
 #endif

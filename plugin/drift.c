@@ -23,13 +23,6 @@ static int cmp_var(const void *a, const void *b)
     return x->side - y->side;
 }
 
-/* Pushes t[field] read raw: a caller's table runs no metamethod here. */
-static int rawfield(lua_State *L, int t, const char *field)
-{
-    lua_pushstring(L, field);
-    return lua_rawget(L, t);
-}
-
 /* Reads the list at idx into vars[*n...]; returns NULL or an error message (pushed nothing).
  * Entries are read raw, and every string kept is also stored in the anchor table, so the
  * pointers stay valid whatever happens to the caller's tables afterwards. */
@@ -47,15 +40,15 @@ static const char *collect(lua_State *L, int idx, int anchor, int side, const ch
         }
         var *v = &vars[*n];
         v->side = side;
-        rawfield(L, e, "name");
+        cxone_rawfield(L, e, "name");
         v->name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &v->nlen) : NULL;
         if (v->name) lua_rawseti(L, anchor, (lua_Integer)(2 * *n + 1));
         else lua_pop(L, 1);
-        int vt = rawfield(L, e, "value");
+        int vt = cxone_rawfield(L, e, "value");
         v->value = vt == LUA_TSTRING ? lua_tolstring(L, -1, &v->vlen) : NULL;
         if (v->value) lua_rawseti(L, anchor, (lua_Integer)(2 * *n + 2));
         else lua_pop(L, 1);
-        int mt = rawfield(L, e, "masked");
+        int mt = cxone_rawfield(L, e, "masked");
         v->masked = lua_toboolean(L, -1);
         lua_pop(L, 2); /* masked, entry */
         (*n)++;

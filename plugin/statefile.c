@@ -376,13 +376,7 @@ void cxone_statefile_open(lua_State *L)
         {"__tostring", m_tostring},
         {NULL, NULL},
     };
-    if (luaL_newmetatable(L, STATEFILE_MT)) {
-        luaL_setfuncs(L, metameth, 0);
-        lua_newtable(L);
-        luaL_setfuncs(L, meth, 0);
-        lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
+    cxone_class(L, STATEFILE_MT, metameth, meth);
     lua_pushcfunction(L, l_state_open);
     lua_setfield(L, -2, "state_open");
     lua_pushcfunction(L, l_isatty);

@@ -176,6 +176,29 @@ void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span 
     }
 }
 
+void cxone_scrub_message(const char *s, size_t n, const cxone_span *secrets, size_t ns, char *out,
+                         size_t cap)
+{
+    out[0] = '\0';
+    cxone_buf clean;
+    cxone_buf_init(&clean);
+    cxone_scrub_into(&clean, s, n, secrets, ns);
+    size_t m = clean.len;
+    if (!clean.oom && m > 0) {
+        if (m > cap - 1) {
+            m = cap - 1;
+            cxone_scrub_cut(clean.p, &m, secrets, ns);
+        }
+        size_t j = 0;
+        for (size_t i = 0; i < m && j + 1 < cap; i++) {
+            unsigned char ch = (unsigned char)clean.p[i];
+            out[j++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
+        }
+        out[j] = '\0';
+    }
+    cxone_buf_free(&clean); /* wiped */
+}
+
 /* ---- UTF-8 ---- */
 
 int cxone_utf8_valid(const unsigned char *s, size_t n)
@@ -242,9 +265,7 @@ static int opt_field(lua_State *L, int idx, const char *field, int type, const c
 {
     if (lua_isnoneornil(L, idx)) return 0;
     idx = lua_absindex(L, idx);
-    lua_pushstring(L, field);
-    lua_rawget(L, idx);
-    if (lua_isnil(L, -1)) { lua_pop(L, 1); return 0; }
+    if (cxone_rawfield(L, idx, field) == LUA_TNIL) { lua_pop(L, 1); return 0; }
     if (lua_type(L, -1) != type) {
         /* arguments are evaluated before the push: -1 is still the option's value */
         const char *msg = lua_pushfstring(L, "option '%s' must be %s, got %s", field, tname,
@@ -291,6 +312,25 @@ const char *cxone_opt_string(lua_State *L, int idx, const char *field, const cha
     const char *s = lua_tolstring(L, -1, len);
     lua_pop(L, 1); /* still referenced by the options table */
     return s;
+}
+
+int cxone_rawfield(lua_State *L, int t, const char *field)
+{
+    t = lua_absindex(L, t);
+    lua_pushstring(L, field);
+    lua_rawget(L, t);
+    return lua_type(L, -1);
+}
+
+void cxone_class(lua_State *L, const char *name, const luaL_Reg *metameth, const luaL_Reg *meth)
+{
+    if (luaL_newmetatable(L, name)) {
+        luaL_setfuncs(L, metameth, 0);
+        lua_newtable(L);
+        luaL_setfuncs(L, meth, 0);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
 }
 
 /* ---- Lua-visible helpers ---- */

@@ -54,37 +54,7 @@ static void scrub_all(lua_State *L, int secrets, int pidx, char *msg, size_t cap
             lua_pop(L, 1);
         }
     }
-    if (pidx && lua_type(L, pidx) == LUA_TTABLE) {
-        lua_getfield(L, pidx, "variables");
-        if (lua_type(L, -1) == LUA_TTABLE) {
-            size_t n = (size_t)lua_rawlen(L, -1);
-            for (size_t i = 1; i <= n; i++) {
-                lua_rawgeti(L, -1, (lua_Integer)i);
-                if (lua_type(L, -1) == LUA_TTABLE) {
-                    lua_getfield(L, -1, "masked");
-                    int masked = lua_toboolean(L, -1);
-                    lua_getfield(L, -2, "value");
-                    size_t vl;
-                    const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
-                    if (masked && v) cxone_scrub_value(msg, cap, v, vl);
-                    lua_pop(L, 2);
-                }
-                lua_pop(L, 1);
-            }
-        }
-        lua_pop(L, 1);
-    }
-}
-
-/* Copies a server-provided string: printable ASCII only, at most cap-1 bytes. */
-static void sanitize(const char *s, size_t n, char *out, size_t cap)
-{
-    size_t j = 0;
-    for (size_t i = 0; i < n && j + 1 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        out[j++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
-    }
-    out[j] = '\0';
+    cxone_scrub_masked(L, pidx, msg, cap);
 }
 
 /* Something no message may show: a string held by Lua (p), or a range of the forms buffer. */
@@ -128,8 +98,7 @@ static void error_field(lua_State *L, int secrets, int pidx, const char *body, s
     size_t nsec = secrets && lua_type(L, secrets) == LUA_TTABLE ? (size_t)lua_rawlen(L, secrets) : 0;
     size_t nvar = 0;
     if (pidx && lua_type(L, pidx) == LUA_TTABLE) {
-        lua_getfield(L, pidx, "variables");
-        if (lua_type(L, -1) == LUA_TTABLE) nvar = (size_t)lua_rawlen(L, -1);
+        if (cxone_rawfield(L, pidx, "variables") == LUA_TTABLE) nvar = (size_t)lua_rawlen(L, -1);
         lua_pop(L, 1);
     }
     cxone_buf *forms = cxone_buf_push(L);
@@ -144,13 +113,13 @@ static void error_field(lua_State *L, int secrets, int pidx, const char *body, s
         lua_pop(L, 1);
     }
     if (nvar) {
-        lua_getfield(L, pidx, "variables");
+        cxone_rawfield(L, pidx, "variables");
         for (size_t i = 1; i <= nvar; i++) {
             lua_rawgeti(L, -1, (lua_Integer)i);             /* variables, entry */
             if (lua_type(L, -1) == LUA_TTABLE) {
-                lua_getfield(L, -1, "masked");
+                cxone_rawfield(L, -1, "masked");
                 int masked = lua_toboolean(L, -1);
-                lua_getfield(L, -2, "value");                /* variables, entry, masked, value */
+                cxone_rawfield(L, -2, "value");              /* variables, entry, masked, value */
                 size_t vl;
                 const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
                 if (masked && v) add_forms(forms, h, &nh, v, vl);
@@ -164,17 +133,7 @@ static void error_field(lua_State *L, int secrets, int pidx, const char *body, s
         cxone_span *sp = lua_newuserdatauv(L, (nh + 1) * sizeof *sp, 0);
         for (size_t i = 0; i < nh; i++)
             sp[i] = (cxone_span){h[i].p ? h[i].p : forms->p + h[i].off, h[i].n};
-        cxone_buf *clean = cxone_buf_push(L);
-        cxone_scrub_into(clean, text, tn, sp, nh);
-        size_t m = clean->len;
-        if (!clean->oom && m > 0) {
-            if (m > cap - 1) {
-                m = cap - 1;
-                cxone_scrub_cut(clean->p, &m, sp, nh);
-            }
-            sanitize(clean->p, m, out, cap);
-        }
-        cxone_buf_free(clean);
+        cxone_scrub_message(text, tn, sp, nh, out, cap);
     }
     cxone_buf_free(forms);
     lua_settop(L, top);

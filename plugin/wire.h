@@ -13,6 +13,8 @@ const char *cxone_bad_id(const char *s, size_t n);
  * which a server may echo a value we sent. */
 void cxone_json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper);
 int cxone_header_value_ok(const char *s, size_t n);
+/* Replaces in msg every masked value of the payload at idx (0 or not a table: none), read raw. */
+void cxone_scrub_masked(lua_State *L, int payload, char *msg, size_t cap);
 int cxone_check_url(const char *what, const char *url, int insecure_http, int allow_query,
                     char *why, size_t whylen);
 
