@@ -90,6 +90,20 @@ function Ctx:emit(tbl)
     io.stdout:write(s, "\n")
 end
 
+-- Prints a report (plan, promotion or drift) in the chosen format: JSON (its totable(), plus the
+-- fields of `extra`), Markdown, or text.
+function Ctx:show(obj, extra)
+    if self.json then
+        local t = obj:totable()
+        for k, v in pairs(extra or {}) do t[k] = v end
+        self:emit(t)
+    elseif self.markdown then
+        io.stdout:write(obj:markdown())
+    else
+        self:out(obj:render({ color = self.color }))
+    end
+end
+
 local function client(ctx, opts)
     local c, msg, code = require("cxone.client").new(opts)
     if not c then
@@ -138,15 +152,7 @@ local function apply_report(ctx, c, rep)
     end
     c:apply_all(rep, { on_progress = progress_line(pending) })
     show_warnings(ctx, c)
-    if ctx.json then
-        local t = rep:totable()
-        t.metrics = c:metrics()
-        ctx:emit(t)
-    elseif ctx.markdown then
-        io.stdout:write(rep:markdown())
-    else
-        ctx:out(rep:render({ color = ctx.color }))
-    end
+    ctx:show(rep, { metrics = c:metrics() })
     c:close()
     if not rep.ok then
         ctx:err("%s", rep.message or "promotion incomplete: re-run to finish the remaining steps")
@@ -214,13 +220,7 @@ local function run_playbook(ctx, path, dry)
             ctx:err("saved the plan to %s (digest %s); apply it with: cxone apply %s",
                 ctx.flags.out, digest:sub(1, 16), ctx.flags.out)
         end
-        if ctx.json then
-            ctx:emit(rep:totable())
-        elseif ctx.markdown then
-            io.stdout:write(rep:markdown())
-        else
-            ctx:out(rep:render({ color = ctx.color }))
-        end
+        ctx:show(rep)
         c:close()
         return pending > 0 and 2 or 0
     end
@@ -288,13 +288,7 @@ function commands.drift(ctx, args)
     if not c then return 1 end
     local r, err = c:drift(action, base, target)
     if not r then ctx:err("%s", tostring(err)); return 1 end
-    if ctx.json then
-        ctx:emit(r:totable())
-    elseif ctx.markdown then
-        io.stdout:write(r:markdown())
-    else
-        ctx:out(r:render({ color = ctx.color }))
-    end
+    ctx:show(r)
     return r:count() > 0 and 2 or 0
 end
 
