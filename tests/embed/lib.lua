@@ -134,4 +134,23 @@ function L.canon(vars)
     return table.concat(out, ";")
 end
 
+--- The host stays responsive while ten slow calls are in flight: delays the next ten GETs of
+-- the sim by 2 s, sends them through slow_url, and checks that `ping_url` answers within 500 ms
+-- every time; then that all ten completed.
+function L.ping_stays_prompt(sim, slow_url, ping_url)
+    sim:fault({ method = "GET", kind = "delay", delay_ms = 2000, count = 10 })
+    local urls = {}
+    for i = 1, 10 do urls[i] = slow_url end
+    local bg = L.background(urls)
+    T.ok(L.wait_faults_taken(sim), "the 10 delayed calls are in flight")
+    local worst = 0
+    for _ = 1, 5 do
+        local t, st = L.time(ping_url)
+        T.eq(st, 200, "/ping answered")
+        if t > worst then worst = t end
+    end
+    T.ok(worst < 0.5, ("/ping within 500 ms while 10 calls wait 2 s (worst %.3f s)"):format(worst))
+    T.eq(bg.wait(), 10, "the delayed calls all completed")
+end
+
 return L
