@@ -18,7 +18,6 @@
 -- @module cxone.haproxy
 
 local wire = require("cxone.transport.wire")
-local promote = require("cxone.client")
 local cxone = require("cxone")
 
 local M = { _VERSION = cxone._VERSION }
@@ -104,14 +103,7 @@ function M.new(opts)
         return nil, "cxone.haproxy runs inside HAProxy 2.5+ (the global core.httpclient is missing)", "config"
     end
     local engine = setmetatable({ addr = opts.addresses or {}, unsupported = UNSUPPORTED }, Engine)
-    local t, err, code = wire.new(opts, engine)
-    if not t then return nil, err, code end
-    local cfg = {}
-    for k, v in pairs(opts) do cfg[k] = v end
-    cfg.core = t
-    if cfg.audit_log == nil then cfg.audit_log = false end
-    if cfg.state_file == nil then cfg.state_file = false end
-    return promote.new(cfg)
+    return wire.client(opts, engine, { audit_log = false, state_file = false })
 end
 
 --- Validates a payload (no I/O): true, or nil, violations, "invalid".

@@ -15,7 +15,6 @@
 -- @module resty.cxone
 
 local wire = require("cxone.transport.wire")
-local promote = require("cxone.client")
 local cxone = require("cxone")
 
 local ngx = ngx
@@ -234,12 +233,7 @@ function M.new(opts)
         server_name = opts.server_name,
         addr = opts.addresses or {},
     }, Engine)
-    local t, err, code = wire.new(opts, engine)
-    if not t then return nil, err, code end
-    local cfg = {}
-    for k, v in pairs(opts) do cfg[k] = v end
-    cfg.core = t
-    return promote.new(cfg)
+    return wire.client(opts, engine)
 end
 
 --- Validates a payload (no I/O): true, or nil, violations, "invalid".

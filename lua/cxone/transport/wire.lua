@@ -414,4 +414,21 @@ function Transport:close()
 end
 
 M.Transport = Transport
+--- A promotion client (cxone.client: vars, drift, plan, apply, promote) whose requests go
+-- through `engine`: the one Lua code path of every host.
+-- @tparam table opts as for `new`, plus cxone.client's options
+-- @tparam table engine
+-- @tparam[opt] table defaults cxone.client options used where opts says nothing
+-- @treturn[1] cxone.PromoteClient
+-- @treturn[2] fail with code "config"
+function M.client(opts, engine, defaults)
+    local t, err, code = M.new(opts, engine)
+    if not t then return nil, err, code end
+    local cfg = {}
+    for k, v in pairs(defaults or {}) do cfg[k] = v end
+    for k, v in pairs(opts) do cfg[k] = v end
+    cfg.core = t
+    return require("cxone.client").new(cfg)
+end
+
 return M
