@@ -627,7 +627,8 @@ static int follow_rotation(audit *a, head *carry, int *rotated)
  * @function Audit:append
  * @tparam table record
  * @treturn[1] integer seq
- * @treturn[1] string hash
+ * @treturn[1] nil
+ * @treturn[1] string hash, the trail's new head (third, so that `if err then` works)
  * @treturn[2] fail code "io", "memory", "invalid" (record over 1 MiB), "key" or "tampered"
  */
 static int l_append(lua_State *L)
@@ -716,8 +717,9 @@ static int l_append(lua_State *L)
     lock_fd(a->fd, LOCK_UN);
 
     lua_pushinteger(L, (lua_Integer)a->seq);
+    lua_pushnil(L);
     lua_pushstring(L, a->hash);
-    return 2;
+    return 3;
 
 fail_locked: {
         int e = errno;

@@ -367,20 +367,29 @@ static cxone_buf *push_secrets(lua_State *L, const cxone_http *h, int payload, c
     return forms;
 }
 
-/* Reads string field `key` of the JSON error body of x into out ("" if none), made safe to
+/* Reads string field `key` (else `alt`, if given) of the JSON error body of x into out ("" if
+ * none), made safe to
  * show: masked values (payload at idx, 0 if none), secrets and the token are scrubbed from the
  * whole server text first, in bytes (so any encoding), then it is cut (never leaving the start
  * of a secret at the cut), then reduced to printable ASCII. Decodes through Lua: only called
  * once the engine has finished. */
 static void error_field(lua_State *L, const cxone_http *h, const cxone_xfer *x, int payload,
-                        const char *key, char *out, size_t cap)
+                        const char *key, const char *alt, char *out, size_t cap)
 {
     char err[64];
     out[0] = '\0';
     if (!x->resp.p || x->resp.len == 0) return;
     int top = lua_gettop(L);
     if (!cxone_json_decode(L, x->resp.p, x->resp.len, err, sizeof err)) return;
-    if (lua_type(L, -1) == LUA_TTABLE && cxone_rawfield(L, -1, key) == LUA_TSTRING) {
+    int t = LUA_TNIL, obj = lua_gettop(L);
+    if (lua_type(L, obj) == LUA_TTABLE) {
+        t = cxone_rawfield(L, obj, key);
+        if ((t != LUA_TSTRING || lua_rawlen(L, -1) == 0) && alt) { /* same reading */
+            lua_pop(L, 1);
+            t = cxone_rawfield(L, obj, alt);
+        }
+    }
+    if (t == LUA_TSTRING) {
         size_t n;
         const char *s = lua_tolstring(L, -1, &n);
         cxone_span *spans;
@@ -454,7 +463,7 @@ static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, 
                  "that client %s is still authorised", h->client_id);
     } else if (st == 403) {
         code = "scope";
-        error_field(L, h, x, payload, "required_scope", server, sizeof server);
+        error_field(L, h, x, payload, "required_scope", NULL, server, sizeof server);
         if (server[0])
             snprintf(msg, cap, "permission denied (HTTP 403): grant the scope '%s' to client %s",
                      server, h->client_id);
@@ -478,8 +487,7 @@ static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, 
         snprintf(msg, cap, "server error (HTTP %ld) after %d attempt%s", st, tries, pl);
     } else if (st >= 400 && st < 500) {
         code = "invalid";
-        error_field(L, h, x, payload, "message", server, sizeof server);
-        if (!server[0]) error_field(L, h, x, payload, "error", server, sizeof server);
+        error_field(L, h, x, payload, "message", "error", server, sizeof server);
         snprintf(msg, cap, "the %s was rejected (HTTP %ld)%s%s", op == OP_WEBHOOK ? "webhook" : "request",
                  st, server[0] ? ": " : "", server);
     } else {
@@ -491,40 +499,89 @@ static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, 
     return code;
 }
 
-/* Pushes the outcome of a finished transfer: result, meta on success (2 values), or
- * nil, message, code, meta (4 values). */
-static int push_outcome(lua_State *L, cxone_http *h, const cxone_xfer *x, int op, int payload,
-                        const char *idem)
+/* Reads a 2xx answer once (cxone_wire_answer) into answers[x->slot]; called by the engine as
+ * each transfer finishes (http.h: on_answer), so a bad answer is a failure before
+ * stop_on_failure looks. Lua runs protected here: no error may unwind through the engine. */
+typedef struct {
+    lua_State *L;
+    int answers; /* absolute index of the table the decoded answers go into */
+} reader_t;
+
+static int read_answer(lua_State *L) /* (x, answers) -> nothing, or a message */
+{
+    cxone_xfer *x = lua_touserdata(L, 1);
+    char msg[320];
+    if (!cxone_wire_answer(L, x->expect, x->status, x->bad_etag, x->resp.p, x->resp.len, msg,
+                           sizeof msg)) {
+        lua_pushstring(L, msg);
+        return 1;
+    }
+    lua_rawseti(L, 2, (lua_Integer)x->slot);
+    return 0;
+}
+
+static void on_answer(void *ud, cxone_xfer *x)
+{
+    const reader_t *r = ud;
+    lua_State *L = r->L;
+    int rc = LUA_ERRMEM;
+    if (lua_checkstack(L, 4)) {
+        lua_pushcfunction(L, read_answer);
+        lua_pushlightuserdata(L, x);
+        lua_pushvalue(L, r->answers);
+        rc = lua_pcall(L, 2, 1, 0);
+        if (rc == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+            x->fail_code = "format";
+            snprintf(x->fail_msg, sizeof x->fail_msg, "%s", lua_tostring(L, -1));
+        }
+        lua_pop(L, 1);
+    }
+    if (rc != LUA_OK) {
+        x->fail_code = "memory";
+        snprintf(x->fail_msg, sizeof x->fail_msg, "out of memory reading the answer");
+    }
+}
+
+/* Runs the transfers with their 2xx answers read into the table at `answers`. */
+static void run_reading(lua_State *L, cxone_http *h, cxone_xfer **xs, size_t n, int conc,
+                        int stop, int answers)
+{
+    reader_t r = {L, answers};
+    h->on_answer = on_answer;
+    h->on_answer_ud = &r;
+    cxone_http_run(h, xs, n, conc, stop, 0);
+    h->on_answer = NULL;
+    h->on_answer_ud = NULL;
+}
+
+/* Pushes the meta table, then the outcome of a finished transfer: `answer, nil, meta` (returns
+ * 1) or `nil, message, code` (returns 0); four stack slots in all. The answer is the one
+ * run_reading put in the table at `answers` (webhooks: true). */
+static int push_outcome(lua_State *L, cxone_http *h, cxone_xfer *x, int op, int payload,
+                        const char *idem, int answers)
 {
     char msg[512];
+    push_meta(L, x, idem);
+    if (!x->failed && op != OP_WEBHOOK && lua_rawgeti(L, answers, (lua_Integer)x->slot) != LUA_TTABLE) {
+        lua_pop(L, 1); /* not read: cannot happen while every run goes through run_reading */
+        x->failed = 1;
+        x->fail_code = "format";
+        snprintf(x->fail_msg, sizeof x->fail_msg, "the API's answer was not read");
+    } else if (!x->failed && op == OP_WEBHOOK) {
+        lua_pushboolean(L, 1);
+    }
     if (!x->failed) {
-        if (op == OP_WEBHOOK) {
-            lua_pushboolean(L, 1);
-        } else {
-            char err[160];
-            int decoded = cxone_json_decode(L, x->resp.p ? x->resp.p : "", x->resp.len, err, sizeof err);
-            if (!decoded || lua_type(L, -1) != LUA_TTABLE) {
-                if (decoded) lua_pop(L, 1);
-                h->stats.failures++;
-                luaL_pushfail(L);
-                lua_pushfstring(L, "the API answered HTTP %d with something that is not a JSON object",
-                                (int)x->status);
-                lua_pushstring(L, "format");
-                push_meta(L, x, idem);
-                return 4;
-            }
-        }
         h->stats.successes++;
-        push_meta(L, x, idem);
-        return 2;
+        lua_pushnil(L);
+        lua_pushvalue(L, -3);
+        return 1;
     }
     h->stats.failures++;
     const char *code = failure_of(L, h, x, op, payload, msg, sizeof msg);
     luaL_pushfail(L);
     lua_pushstring(L, msg);
     lua_pushstring(L, code);
-    push_meta(L, x, idem);
-    return 4;
+    return 0;
 }
 
 /* ---- request preparation (raises only argument errors before the network) ---- */
@@ -649,13 +706,25 @@ static const char *payload_id(lua_State *L, int payload, int argn, const char *f
     return s;
 }
 
+/* The meta of the client's latest single call, kept in the registry under the client's
+ * address (cleared when it is closed). Pops the value on top (a table, or nil). */
+static void set_last_meta(lua_State *L, const client_t *c)
+{
+    lua_rawsetp(L, LUA_REGISTRYINDEX, c);
+}
+
 static int run_one(lua_State *L, client_t *c, int op, int payload, const char *idem)
 {
     cxone_xfer *x = &c->one, *xs[1] = {x};
-    cxone_http_run(c->h, xs, 1, 1, 0, 0);
-    int n = push_outcome(L, c->h, x, op, payload, idem);
+    lua_createtable(L, 1, 0);
+    int answers = lua_gettop(L);
+    x->slot = 1;
+    run_reading(L, c->h, xs, 1, 1, 0, answers);
+    push_outcome(L, c->h, x, op, payload, idem, answers);
     cxone_xfer_reset(x); /* wipes the body and the answer */
-    return n;
+    lua_pushvalue(L, -4);
+    set_last_meta(L, c);
+    return 3;
 }
 
 /* ---- methods ---- */
@@ -664,6 +733,7 @@ static int run_one(lua_State *L, client_t *c, int op, int payload, const char *i
  * Fetches a token now (it is otherwise fetched and refreshed on demand).
  * @function Client:authenticate
  * @treturn[1] boolean true
+ * @treturn[1] nil
  * @treturn[1] table {expires_in=, scope=}
  * @treturn[2] fail (auth, scope, network, tls, server, rate_limited, format)
  */
@@ -677,6 +747,7 @@ static int m_authenticate(lua_State *L)
         return client_fail(L, h, h->tok_fail_code, "%s", h->tok_fail_msg);
     }
     lua_pushboolean(L, 1);
+    lua_pushnil(L);
     lua_createtable(L, 0, 2);
     lua_pushnumber(L, h->token_expires_in);
     lua_setfield(L, -2, "expires_in");
@@ -684,7 +755,7 @@ static int m_authenticate(lua_State *L)
         lua_pushstring(L, h->token_scope);
         lua_setfield(L, -2, "scope");
     }
-    return 2;
+    return 3;
 }
 
 /***
@@ -693,8 +764,9 @@ static int m_authenticate(lua_State *L)
  * @tparam string action_id
  * @tparam string env_id
  * @treturn[1] table {variables=, environmentId=, actionId=}
- * @treturn[1] table meta {status=, etag=, latency_ms=, attempts=}
- * @treturn[2] fail plus meta
+ * @treturn[1] nil
+ * @treturn[1] table meta {status=, etag=, latency_ms=, attempts=} (also Client:last_meta)
+ * @treturn[2] fail (its meta: Client:last_meta)
  */
 static int m_get(lua_State *L)
 {
@@ -725,8 +797,9 @@ static int patch_or_put(lua_State *L, int op)
  * @tparam table payload {variables=, environmentId=, actionId=}
  * @tparam[opt] table opts {if_match=etag}
  * @treturn[1] table result
+ * @treturn[1] nil
  * @treturn[1] table meta
- * @treturn[2] fail plus meta
+ * @treturn[2] fail (its meta: Client:last_meta)
  */
 static int m_patch(lua_State *L) { return patch_or_put(L, OP_PATCH); }
 
@@ -743,8 +816,9 @@ static int m_put(lua_State *L) { return patch_or_put(L, OP_PUT); }
  * @tparam string action_id
  * @tparam[opt] table opts {idempotency_key=}
  * @treturn[1] table {buildId=, status=}
+ * @treturn[1] nil
  * @treturn[1] table meta (with idempotency_key)
- * @treturn[2] fail plus meta
+ * @treturn[2] fail (its meta: Client:last_meta)
  */
 static int m_build(lua_State *L)
 {
@@ -754,7 +828,11 @@ static int m_build(lua_State *L)
     const char *idem = cxone_opt_string(L, 3, "idempotency_key", NULL, NULL);
     char uuid[37];
     if (!idem) {
-        if (cxone_http_uuid4(uuid) != 0) return cxone_fail(L, "memory", "the random generator failed");
+        if (cxone_http_uuid4(uuid) != 0) {
+            lua_pushnil(L);
+            set_last_meta(L, c);
+            return cxone_fail(L, "memory", "the random generator failed");
+        }
         idem = uuid;
     }
     lua_pushstring(L, idem); /* keep a copy alive for meta */
@@ -773,8 +851,9 @@ static int m_build(lua_State *L)
  * @tparam table event
  * @tparam[opt] table opts {secret=, timestamp=} (timestamp: the unix time to sign, default now)
  * @treturn[1] boolean true
+ * @treturn[1] nil
  * @treturn[1] table meta
- * @treturn[2] fail plus meta (config for a refused URL, invalid for an unencodable event)
+ * @treturn[2] fail (config for a refused URL, invalid for an unencodable event)
  */
 static int m_webhook(lua_State *L)
 {
@@ -787,6 +866,8 @@ static int m_webhook(lua_State *L)
     const char *secret = cxone_opt_string(L, 4, "secret", NULL, &sl);
     lua_Integer ts = cxone_opt_integer(L, 4, "timestamp", (lua_Integer)time(NULL));
     luaL_argcheck(L, ts >= 0, 4, "option 'timestamp' must be a unix time (>= 0)");
+    lua_pushnil(L); /* failures before the network have no meta */
+    set_last_meta(L, c);
     char why[400];
     /* the webhook URL is never echoed: it may carry a token in its query */
     if (check_url("the webhook URL", url, 0, 1, why, sizeof why) != 0) {
@@ -829,8 +910,7 @@ static int m_webhook(lua_State *L)
         cxone_xfer_reset(x);
         return cxone_fail(L, "memory", "out of memory preparing the webhook");
     }
-    int n = run_one(L, c, OP_WEBHOOK, 0, NULL);
-    return n == 2 ? 2 : 4;
+    return run_one(L, c, OP_WEBHOOK, 0, NULL);
 }
 
 /* ---- batch ---- */
@@ -975,7 +1055,10 @@ static int m_batch(lua_State *L)
         lua_pop(L, 1);
     }
 
-    cxone_http_run(h, b->px, n, (int)conc, stop, 0);
+    lua_createtable(L, (int)n, 0);
+    int answers = lua_gettop(L);
+    for (size_t i = 0; i < n; i++) b->x[i].slot = (int)i + 1;
+    run_reading(L, h, b->px, n, (int)conc, stop, answers);
 
     /* results, in order */
     lua_createtable(L, (int)n, 0);
@@ -996,23 +1079,21 @@ static int m_batch(lua_State *L)
                 payload = lua_gettop(L);
             }
             int top = lua_gettop(L);
-            int r = push_outcome(L, h, x, opk[i - 1], payload,
-                                 opk[i - 1] == OP_BUILD ? b->idem[i - 1] : NULL);
-            /* stack: entry, [payload], results... */
+            int ok = push_outcome(L, h, x, opk[i - 1], payload,
+                                  opk[i - 1] == OP_BUILD ? b->idem[i - 1] : NULL, answers);
+            /* stack: entry, [payload], meta, three values */
             int entry = payload ? payload - 1 : top;
-            if (r == 2) {
-                lua_setfield(L, entry, "meta");
+            if (ok) {
+                lua_pop(L, 2);
                 lua_setfield(L, entry, "result");
-                lua_pushboolean(L, 1);
-                lua_setfield(L, entry, "ok");
             } else {
-                lua_setfield(L, entry, "meta");
                 lua_setfield(L, entry, "code");
                 lua_setfield(L, entry, "error");
                 lua_pop(L, 1);
-                lua_pushboolean(L, 0);
-                lua_setfield(L, entry, "ok");
             }
+            lua_setfield(L, entry, "meta");
+            lua_pushboolean(L, ok);
+            lua_setfield(L, entry, "ok");
             if (payload) lua_pop(L, 1);
         }
         lua_rawseti(L, -2, (lua_Integer)i);
@@ -1067,6 +1148,21 @@ static int m_token_ttl(lua_State *L)
 }
 
 /***
+ * The meta table of the client's latest get, patch, put, build or webhook call, whether it
+ * succeeded or failed: `{status=, etag=, latency_ms=, attempts=, idempotency_key=}` (status 0
+ * when no answer came). A successful call also returns it as its third value; a failed one
+ * returns `nil, message, code`, and this is where its status and attempts are read.
+ * @function Client:last_meta
+ * @treturn table|nil nil before the first call, and after a failure before the network
+ */
+static int m_last_meta(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, c);
+    return 1;
+}
+
+/***
  * Closes the client: frees the libcurl handles and wipes the credentials and the token.
  * Idempotent; also __gc and __close.
  * @function Client:close
@@ -1074,6 +1170,8 @@ static int m_token_ttl(lua_State *L)
 static int m_close(lua_State *L)
 {
     client_t *c = luaL_checkudata(L, 1, CLIENT_MT);
+    lua_pushnil(L);
+    set_last_meta(L, c);
     if (c->h) {
         cxone_xfer_reset(&c->one);
         cxone_http_free(c->h);
@@ -1107,6 +1205,7 @@ void cxone_client_open(lua_State *L)
         {"build", m_build},
         {"webhook", m_webhook},
         {"batch", m_batch},
+        {"last_meta", m_last_meta},
         {"stats", m_stats},
         {"token_ttl", m_token_ttl},
         {"close", m_close},

@@ -82,6 +82,12 @@ int cxone_json_encode(lua_State *L, int idx, cxone_buf *out, char *err, size_t e
 /* Decodes s[0..n) and pushes the value (returns 1), or pushes nothing and returns 0 with a
  * message in err (it never contains the input). */
 int cxone_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen);
+/* The same, also reporting in *kind the first byte of the value of the top-level member `key`
+ * ('[' for an array, '"' for a string, ...; the last one when repeated, as in the decoded
+ * table), or 0 when the value is not an object or has no such member: a shape check made by
+ * the one reading of the text. */
+int cxone_json_decode_member(lua_State *L, const char *s, size_t n, const char *key, char *kind,
+                             char *err, size_t errlen);
 
 /* SHA-256 and HMAC-SHA-256 through OpenSSL's libcrypto, as lowercase hex (65 bytes with NUL).
  * Return 0, or -1 if libcrypto failed. */

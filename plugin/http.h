@@ -12,7 +12,7 @@ enum { CXH_API = 0, CXH_TOKEN, CXH_WEBHOOK };
  * the server's handler (refused connections, 429, 503), for non-idempotent webhooks. */
 enum { CXH_RETRY_ALL = 0, CXH_RETRY_SAFE };
 enum { CXH_PENDING = 0, CXH_READY, CXH_RUNNING, CXH_DONE };
-/* What a 2xx answer must look like (checked structurally here, decoded in client.c). */
+/* What a 2xx answer must look like (read once by the caller's on_answer, see cxone_http). */
 enum { CXH_EXPECT_ANY = 0, CXH_EXPECT_VARIABLES, CXH_EXPECT_BUILD };
 
 #define CXH_MAX_RESPONSE (4u << 20) /* answers larger than this are a `format` failure */
@@ -46,6 +46,7 @@ typedef struct cxone_xfer {
     char errbuf[CURL_ERROR_SIZE];
     /* outcome */
     int attempts, skipped, failed;   /* failed: transport failure, non-2xx, or bad 2xx */
+    int slot;                        /* the caller's, for on_answer (the engine never reads it) */
     double latency_ms;
     struct cxone_http *h;
 } cxone_xfer;
@@ -79,6 +80,11 @@ typedef struct cxone_http {
     int tok_running, tok_failed_run;
     const char *tok_fail_code;
     char tok_fail_msg[320];
+    /* Called when an API transfer with an `expect` finishes with a 2xx answer, before
+     * stop_on_failure looks at it: the caller reads the answer (once) and sets fail_code and
+     * fail_msg if it is unusable (bad_etag, wrong shape). Set by the caller around a run. */
+    void (*on_answer)(void *ud, cxone_xfer *x);
+    void *on_answer_ud;
     /* misc */
     uint64_t rng;
     int next_id;

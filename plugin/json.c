@@ -179,6 +179,9 @@ typedef struct {
     char *err;
     size_t errlen;
     cxone_buf *sb; /* scratch for strings with escapes (GC-owned, so an error cannot leak it) */
+    const char *key; /* a top-level member to report the kind of (NULL: none) */
+    size_t keylen;
+    char kind;       /* first byte of that member's last value, 0 if absent */
 } parser;
 
 static int perr(parser *ps, const char *what)
@@ -364,9 +367,19 @@ static int parse_value(parser *ps, int depth)
             if (ps->p >= ps->end || *ps->p != '"') return perr(ps, "expected a string key");
             ps->p++;
             if (!parse_string(ps)) return 0;
+            int watched = 0;
+            if (depth == 0 && ps->key) {
+                size_t kl;
+                const char *k = lua_tolstring(L, -1, &kl);
+                watched = kl == ps->keylen && memcmp(k, ps->key, kl) == 0;
+            }
             skip_ws(ps);
             if (ps->p >= ps->end || *ps->p != ':') return perr(ps, "expected ':'");
             ps->p++;
+            if (watched) { /* the last occurrence wins, as in the table being built */
+                skip_ws(ps);
+                ps->kind = ps->p < ps->end ? *ps->p : 0;
+            }
             if (!parse_value(ps, depth + 1)) return 0;
             lua_rawset(L, -3);
             skip_ws(ps);
@@ -399,13 +412,15 @@ static int parse_value(parser *ps, int depth)
     return perr(ps, "unexpected character");
 }
 
-int cxone_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen)
+int cxone_json_decode_member(lua_State *L, const char *s, size_t n, const char *key, char *kind,
+                             char *err, size_t errlen)
 {
     int top = lua_gettop(L);
     luaL_checkstack(L, 4, "JSON decoding");
     /* stack: top+1 scratch buffer, top+2 the value being built */
-    parser ps = {L, s, s, s + n, err, errlen, cxone_buf_push(L)};
+    parser ps = {L, s, s, s + n, err, errlen, cxone_buf_push(L), key, key ? strlen(key) : 0, 0};
     int ok = parse_value(&ps, 0);
+    if (kind) *kind = ps.kind;
     if (ok) {
         skip_ws(&ps);
         if (ps.p != ps.end) ok = perr(&ps, "trailing characters after the value");
@@ -417,4 +432,9 @@ int cxone_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t e
     }
     lua_remove(L, top + 1);
     return 1;
+}
+
+int cxone_json_decode(lua_State *L, const char *s, size_t n, char *err, size_t errlen)
+{
+    return cxone_json_decode_member(L, s, n, NULL, NULL, err, errlen);
 }

@@ -83,7 +83,7 @@ static void add_forms(cxone_buf *forms, hide_t *h, size_t *nh, const char *s, si
  * whole text; then it is cut (never leaving the start of a secret at the cut) and reduced to
  * printable ASCII. */
 static void error_field(lua_State *L, int secrets, int pidx, const char *body, size_t n,
-                        const char *key, char *out, size_t cap)
+                        const char *key, const char *alt, char *out, size_t cap)
 {
     char err[64];
     out[0] = '\0';
@@ -91,7 +91,11 @@ static void error_field(lua_State *L, int secrets, int pidx, const char *body, s
     int top = lua_gettop(L);
     if (!cxone_json_decode(L, body, n, err, sizeof err)) return;
     if (lua_type(L, -1) != LUA_TTABLE) { lua_settop(L, top); return; }
-    lua_getfield(L, -1, key);
+    if ((cxone_rawfield(L, top + 1, key) != LUA_TSTRING || lua_rawlen(L, -1) == 0) && alt) {
+        /* the fallback key, from the same reading */
+        lua_pop(L, 1);
+        cxone_rawfield(L, top + 1, alt);
+    }
     if (lua_type(L, -1) != LUA_TSTRING) { lua_settop(L, top); return; }
     size_t tn;
     const char *text = lua_tolstring(L, -1, &tn); /* stack: decoded, text */
@@ -347,7 +351,7 @@ static int l_wire_token_response(lua_State *L)
     int key = cxone_opt_boolean(L, 3, "access_key", 0);
     if (st != 200) {
         char why[64];
-        error_field(L, 0, 0, body, n, "error", why, sizeof why);
+        error_field(L, 0, 0, body, n, "error", NULL, why, sizeof why);
         for (char *p = why; *p; p++)
             if (!((*p >= 'a' && *p <= 'z') || *p == '_')) { *p = '\0'; break; }
         const char *code = st == 400 || st == 401 ? "auth" : st == 403 ? "scope"
@@ -387,6 +391,31 @@ static int l_wire_token_response(lua_State *L)
 
 /* ---- answers ---- */
 
+int cxone_wire_answer(lua_State *L, int expect, long status, int bad_etag, const char *body,
+                      size_t n, char *msg, size_t cap)
+{
+    int build = expect == CXH_EXPECT_BUILD;
+    char kind = 0, err[160];
+    if (bad_etag) {
+        snprintf(msg, cap, "the API answered HTTP %ld with an ETag that is over 255 bytes or not a "
+                 "quoted entity-tag: refusing it, since a write could not be made conditional on it",
+                 status);
+        return 0;
+    }
+    if (cxone_json_decode_member(L, body ? body : "", n, build ? "buildId" : "variables", &kind,
+                                 err, sizeof err)) {
+        if (kind == (build ? '"' : '[')) return 1; /* a member means the value is an object */
+        lua_pop(L, 1);
+    }
+    if (build)
+        snprintf(msg, cap, "the API answered HTTP %ld to the build request but not with a JSON "
+                 "object holding a 'buildId' string", status);
+    else
+        snprintf(msg, cap, "the API answered HTTP %ld but not with a JSON object holding a "
+                 "'variables' array", status);
+    return 0;
+}
+
 static void push_meta(lua_State *L, lua_Integer st, const char *etag, size_t el, int opts)
 {
     lua_createtable(L, 0, 5);
@@ -414,10 +443,10 @@ static void push_meta(lua_State *L, lua_Integer st, const char *etag, size_t el,
  * @tparam[opt] table opts `client_id` (named in messages), `secrets` (a list of strings removed
  *   from any message), `payload` (its masked values are removed too), `attempts`, `latency_ms`,
  *   `idempotency_key` (copied into meta)
- * @treturn[1] table the decoded answer
+ * @treturn[1] table the decoded answer (read once: the shape check is made by the same reading)
+ * @treturn[1] nil
  * @treturn[1] table meta `{status=, etag=, attempts=, latency_ms=, idempotency_key=}`
  * @treturn[2] fail (auth, scope, not_found, conflict, rate_limited, server, invalid, format)
- *   plus meta
  */
 static int l_wire_response(lua_State *L)
 {
@@ -442,24 +471,13 @@ static int l_wire_response(lua_State *L)
     const char *code = NULL;
 
     if (st >= 200 && st < 300) {
-        int ok = op == W_BUILD ? cxone_js_has(body, n, "buildId", '"')
-                               : cxone_js_has(body, n, "variables", '[');
-        char err[160];
-        if (!ok) {
+        if (!cxone_wire_answer(L, op == W_BUILD ? CXH_EXPECT_BUILD : CXH_EXPECT_VARIABLES, (long)st,
+                               etag && !cxone_etag_ok(etag, el), body, n, msg, sizeof msg)) {
             code = "format";
-            if (op == W_BUILD)
-                snprintf(msg, sizeof msg, "the API answered HTTP %d to the build request but not with "
-                         "a JSON object holding a 'buildId'", (int)st);
-            else
-                snprintf(msg, sizeof msg, "the API answered HTTP %d but not with a JSON object holding "
-                         "a 'variables' array", (int)st);
-        } else if (!cxone_json_decode(L, body, n, err, sizeof err) || lua_type(L, -1) != LUA_TTABLE) {
-            code = "format";
-            snprintf(msg, sizeof msg, "the API answered HTTP %d with something that is not a JSON object",
-                     (int)st);
         } else {
+            lua_pushnil(L);
             push_meta(L, st, etag, el, 5);
-            return 2;
+            return 3;
         }
     } else if (st == 401) {
         code = "auth";
@@ -467,7 +485,7 @@ static int l_wire_response(lua_State *L)
                  "check that client %s is still authorised", client_id);
     } else if (st == 403) {
         code = "scope";
-        error_field(L, secrets, pidx, body, n, "required_scope", server, sizeof server);
+        error_field(L, secrets, pidx, body, n, "required_scope", NULL, server, sizeof server);
         if (server[0])
             snprintf(msg, sizeof msg, "permission denied (HTTP 403): grant the scope '%s' to client %s",
                      server, client_id);
@@ -489,8 +507,7 @@ static int l_wire_response(lua_State *L)
         snprintf(msg, sizeof msg, "server error (HTTP %d)", (int)st);
     } else if (st >= 400 && st < 500) {
         code = "invalid";
-        error_field(L, secrets, pidx, body, n, "message", server, sizeof server);
-        if (!server[0]) error_field(L, secrets, pidx, body, n, "error", server, sizeof server);
+        error_field(L, secrets, pidx, body, n, "message", "error", server, sizeof server);
         snprintf(msg, sizeof msg, "the request was rejected (HTTP %d)%s%s", (int)st,
                  server[0] ? ": " : "", server);
     } else {
@@ -501,8 +518,7 @@ static int l_wire_response(lua_State *L)
     luaL_pushfail(L);
     lua_pushstring(L, msg);
     lua_pushstring(L, code);
-    push_meta(L, st, etag, el, 5);
-    return 4;
+    return 3;
 }
 
 /***

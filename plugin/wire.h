@@ -18,9 +18,15 @@ void cxone_scrub_masked(lua_State *L, int payload, char *msg, size_t cap);
 int cxone_check_url(const char *what, const char *url, int insecure_http, int allow_query,
                     char *why, size_t whylen);
 
-/* Defined in http.c: the token-answer scanner, the format check, Retry-After, form encoding. */
+/* Defined in wire.c: a 2xx answer to an API call (CXH_EXPECT_VARIABLES or _BUILD), for both
+ * transports: refused if its ETag was unusable (bad_etag), else decoded once with its shape
+ * checked by the same reading. Pushes the table and returns 1, or pushes nothing and returns 0
+ * with a `format` message in msg (never quoting the answer). */
+int cxone_wire_answer(lua_State *L, int expect, long status, int bad_etag, const char *body,
+                      size_t n, char *msg, size_t cap);
+
+/* Defined in http.c: the token-answer scanner, Retry-After, form encoding. */
 int cxone_js_field(const char *s, size_t n, const char *key, cxone_buf *str, double *num);
-int cxone_js_has(const char *s, size_t n, const char *key, char first);
 int cxone_token_chars_ok(const char *s, size_t n);
 double cxone_parse_retry_after(const char *v);
 void cxone_form_field(cxone_buf *b, const char *k, const char *v);

@@ -69,10 +69,11 @@ describe("audit", function()
     it("writes one JSON record per line with names only, chained by hash from genesis", function()
         local path = dir .. "/t.jsonl"
         local a = assert(core.audit_open(path))
-        local seq, hash = a:append({ event = "apply", action_id = "x", environment = "prod", tier = "production",
+        local seq, err, hash = a:append({ event = "apply", action_id = "x", environment = "prod", tier = "production",
             variables = { "API_KEY", { name = "TIMEOUT", value = "CANARY-value-must-not-appear", masked = false } },
             drift_count = 2, latency_ms = 12.5, attempts = 1, status = "success", error = "none" })
         assert.equal(1, seq)
+        assert.is_nil(err)
         assert.matches("^%x+$", hash)
         assert.equal(64, #hash)
         assert.equal(2, (a:append({ event = "build", status = "queued" })))

@@ -98,7 +98,7 @@ describe("cxone.Client", function()
     describe("authenticate", function()
         it("uses client credentials in the body and caches the token", function()
             local c = new_client(sim)
-            local ok, info = c:authenticate()
+            local ok, err, info = c:authenticate()
             assert.is_true(ok)
             assert.equals(3600, info.expires_in)
             assert.matches("integration:actions:write", info.scope, 1, true)
@@ -135,7 +135,7 @@ describe("cxone.Client", function()
 
         it("asks for a narrower scope when told to", function()
             local c = new_client(sim, { scope = "integration:actions:read" })
-            local _, info = c:authenticate()
+            local _, _, info = c:authenticate()
             assert.equals("integration:actions:read", info.scope)
             local r, msg, code = c:patch{ actionId = A1, environmentId = "dev", variables = {} }
             assert.is_nil(r)
@@ -150,7 +150,7 @@ describe("cxone.Client", function()
         after_each(function() c:close() end)
 
         it("get returns the decoded variables and meta with the ETag", function()
-            local r, meta = c:get(A1, "staging")
+            local r, err, meta = c:get(A1, "staging")
             assert.is_table(r)
             assert.equals(A1, r.actionId)
             assert.equals("staging", r.environmentId)
@@ -162,11 +162,29 @@ describe("cxone.Client", function()
             assert.is_number(meta.latency_ms)
         end)
 
+        it("every call returns three values: res, nil, meta or nil, message, code", function()
+            local function count(...) return select("#", ...), ... end
+            assert.is_nil(c:last_meta())
+            local n, r, err, meta = count(c:get(A1, "dev"))
+            assert.same({ 3, true, nil }, { n, type(r) == "table", err })
+            assert.equals(meta, c:last_meta())
+            local n2, r2, msg, code = count(c:get(A1, "missing"))
+            assert.same({ 3, nil, "not_found" }, { n2, r2, code })
+            assert.is_string(msg)
+            assert.same({ 404, 1 }, { c:last_meta().status, c:last_meta().attempts })
+            local n3, ok, err3, info = count(c:authenticate())
+            assert.same({ 3, true, nil, 3600 }, { n3, ok, err3, info.expires_in })
+            local n4, w, wmsg, wcode = count(c:webhook("ftp://example.invalid/hook", {}))
+            assert.same({ 3, nil, "config" }, { n4, w, wcode })
+            assert.is_string(wmsg)
+            assert.is_nil(c:last_meta()) -- refused before the network: no meta
+        end)
+
         it("patch merges, put replaces, with If-Match", function()
-            local _, m0 = c:get(A2, "dev")
-            local r, meta = c:patch({ actionId = A2, environmentId = "dev",
+            local _, _, m0 = c:get(A2, "dev")
+            local r, err, meta = c:patch({ actionId = A2, environmentId = "dev",
                 variables = { { name = "NEW_FLAG", value = "on", masked = false } } }, { if_match = m0.etag })
-            assert.is_table(r, meta)
+            assert.is_table(r, err)
             assert.equals(200, meta.status)
             assert.not_equals(m0.etag, meta.etag)
             assert.equals("on", find_var(r.variables, "NEW_FLAG").value)
@@ -178,22 +196,23 @@ describe("cxone.Client", function()
         end)
 
         it("an empty variables list is sent as a JSON array", function()
-            local r, meta = c:patch{ actionId = A3, environmentId = "dev", variables = {} }
-            assert.is_table(r, meta)
+            local r, err, meta = c:patch{ actionId = A3, environmentId = "dev", variables = {} }
+            assert.is_table(r, err)
             assert.equals(200, meta.status)
         end)
 
         it("a stale ETag is a conflict and nothing is written", function()
-            local _, m0 = c:get(A1, "prod")
+            local _, _, m0 = c:get(A1, "prod")
             local before = sim:state()
-            local r, msg, code, meta = c:patch({ actionId = A1, environmentId = "prod",
+            local r, msg, code = c:patch({ actionId = A1, environmentId = "prod",
                 variables = { { name = "LOG_LEVEL", value = "trace", masked = false } } }, { if_match = '"stale"' })
+            local meta = c:last_meta()
             assert.is_nil(r)
             assert.equals("conflict", code)
             assert.matches("412", msg, 1, true)
             assert.equals(412, meta.status)
             assert.same(before, sim:state())
-            local _, m1 = c:get(A1, "prod")
+            local _, _, m1 = c:get(A1, "prod")
             assert.equals(m0.etag, m1.etag)
         end)
 
@@ -238,7 +257,7 @@ describe("cxone.Client", function()
 
         it("build sends an Idempotency-Key (generated or given) and a reused key queues once", function()
             local before = sim:stats().builds_queued
-            local r, meta = c:build(A1)
+            local r, err, meta = c:build(A1)
             assert.is_string(r.buildId)
             assert.equals("queued", r.status)
             assert.equals(202, meta.status)
@@ -250,7 +269,7 @@ describe("cxone.Client", function()
         end)
 
         it("webhook posts JSON, signs it, and reports failures without raising", function()
-            local ok, meta = c:webhook(sim.url .. "/_sim/webhooks/ci", { event = "applied", n = 3 },
+            local ok, err, meta = c:webhook(sim.url .. "/_sim/webhooks/ci", { event = "applied", n = 3 },
                                        { secret = "hook-key", timestamp = 1700000000 })
             assert.is_true(ok)
             assert.equals(204, meta.status)

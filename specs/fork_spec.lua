@@ -154,8 +154,8 @@ describe("fork safety", function()
             local before, st0 = count()
             assert(forks.run(function()
                 for _ = 1, 3 do
-                    local r, meta = c:get(A, "dev")
-                    assert(r, meta)
+                    local r, err, meta = c:get(A, "dev")
+                    assert(r, err)
                     assert(r.environmentId == "dev", "wrong answer in the child")
                 end
                 -- one new connection (stats are inherited: the parent's 1 plus the child's own)
@@ -173,8 +173,8 @@ describe("fork safety", function()
             if before then assert.equals(before + 1, after) end  -- the child's own connection
             assert.equals(st0.tokens_issued, st1.tokens_issued)     -- the token cache was kept
             for _, env in ipairs({ "dev", "staging", "prod" }) do
-                local r, meta = c:get(A, env)
-                assert.is_table(r, meta)
+                local r, err, meta = c:get(A, env)
+                assert.is_table(r, err)
                 assert.equals(env, r.environmentId)
             end
             if before then assert.equals(before + 1, (count())) end -- the parent kept its connection
@@ -212,8 +212,8 @@ describe("fork safety", function()
                 assert(#still_open(inherited) == 0, "inherited connections left open in the child")
             end))
             -- a TLS close_notify or an HTTP/2 GOAWAY from a child would have ended the connection
-            local r, meta = c:get(A, "staging")
-            assert.is_table(r, meta)
+            local r, err, meta = c:get(A, "staging")
+            assert.is_table(r, err)
             assert.equals(1, meta.attempts)
             if before then assert.equals(before, (count())) end
             assert.equals(1, c:stats().connections)
@@ -245,8 +245,8 @@ describe("fork safety", function()
                     end
                 end
                 assert(#moved > 0, "no inherited connection found")
-                local r, meta = c:get(A, "prod")
-                assert(r, meta)
+                local r, err, meta = c:get(A, "prod")
+                assert(r, err)
                 c:close()
                 local now = fd_table()
                 for _, fd in ipairs(moved) do
@@ -256,8 +256,8 @@ describe("fork safety", function()
                 local got = simlib.read_file(path)
                 assert(got == "", "something was written on a reused descriptor: " .. #got .. " bytes")
             end))
-            local r, meta = c:get(A, "staging")
-            assert.is_table(r, meta)
+            local r, err, meta = c:get(A, "staging")
+            assert.is_table(r, err)
             assert.equals(1, meta.attempts)
             if before then assert.equals(before + 1, (count())) end -- the child's; the parent's kept
             assert.equals(1, c:stats().connections)
@@ -295,11 +295,11 @@ describe("fork safety", function()
         local c = new_client(plain)
         local out = dir .. "/child-keys"
         assert(forks.run(function()
-            local _, meta = assert(c:build(A))
+            local _, _, meta = assert(c:build(A))
             simlib.write_file(out, meta.idempotency_key .. "\n" .. core.wire_uuid() .. "\n"
                               .. clientmod.new_run_id() .. "\n")
         end))
-        local _, meta = assert(c:build(A))
+        local _, _, meta = assert(c:build(A))
         local child = {}
         for line in io.lines(out) do child[#child + 1] = line end
         assert.equals(3, #child)

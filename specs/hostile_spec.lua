@@ -298,8 +298,8 @@ return { { action = %q, tier = "development",
             assert.equals(255, #tag)
             sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = GOOD,
                        headers = { ETag = tag } }
-            local r, meta = c:get(A1, "dev")
-            assert.is_table(r, meta)
+            local r, err, meta = c:get(A1, "dev")
+            assert.is_table(r, err)
             assert.equals(tag, meta.etag)
             -- the sim's own ETag differs, so the conditional write is refused: it was sent
             local ok, _, code = c:patch({ actionId = A1, environmentId = "dev", variables = {} },
@@ -335,6 +335,58 @@ return { { action = %q, tier = "development", variables = { ETAG_TEST = "1" } } 
         assert.matches("X-Evil", err, 1, true) -- the header was traced ...
         assert.is_nil(err:find("[%z\1-\8\11-\31\127]"), "raw control character in: " .. err) -- ... cleaned
         assert.is_nil(out:find("\27", 1, true))
+    end)
+
+    describe("2xx answers are read once", function()
+        -- the shape check and the decoded table come from the same reading, so a repeated key
+        -- cannot pass the check with one value and reach the caller with another
+        local function pack(...) return { n = select("#", ...), ... } end
+        local OBJ = '{"actionId":"' .. A1 .. '","environmentId":"dev","variables":{"name":"X"}}'
+        local DUP_BAD = '{"variables":[],"variables":{"name":"X"}}'
+        local DUP_GOOD = '{"variables":{"name":"X"},"variables":[{"name":"K","value":"v","masked":false}]}'
+
+        it("a 'variables' object, or an array repeated as an object, is a format failure", function()
+            local c = client()
+            for _, body in ipairs{ OBJ, DUP_BAD, '[{"variables":[]}]', '{"x":{"variables":[]}}' } do
+                sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = body }
+                local out = pack(c:get(A1, "dev"))
+                assert.same({ n = 3, nil, out[2], "format" }, out, body)
+                assert.matches("'variables' array", out[2], 1, true)
+                assert.equals(200, c:last_meta().status)
+                local wout = pack(core.wire_response("get", 200, {}, body))
+                assert.same({ n = 3, nil, out[2], "format" }, wout, body) -- the same words
+            end
+        end)
+
+        it("the last of a repeated key decides, as in the decoded table", function()
+            local c = client()
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = DUP_GOOD }
+            local r, err, meta = c:get(A1, "dev")
+            assert.is_table(r, err)
+            assert.is_nil(err)
+            assert.equals("K", r.variables[1].name)
+            assert.same(meta, c:last_meta())
+            assert.equals("K", assert(core.wire_response("get", 200, {}, DUP_GOOD)).variables[1].name)
+            sim:fault{ method = "POST", path = "/api/v2/integration/actions/*/build", kind = "status",
+                       status = 202, body = '{"buildId":7,"buildId":"b-1"}' }
+            assert.equals("b-1", assert(c:build(A1)).buildId)
+            sim:fault{ method = "POST", path = "/api/v2/integration/actions/*/build", kind = "status",
+                       status = 202, body = '{"buildId":"b-1","buildId":7}' }
+            local _, _, code = c:build(A1)
+            assert.equals("format", code)
+        end)
+
+        it("a bad 2xx answer stops a stop_on_failure batch like any failure", function()
+            local c = client()
+            assert(c:authenticate())
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 200, body = "not json", count = 1 }
+            local reqs = {}
+            for i = 1, 6 do reqs[i] = { op = "get", action = A1, env = "dev" } end
+            local res = c:batch(reqs, { concurrency = 1, stop_on_failure = true })
+            assert.same({ false, "format" }, { res[1].ok, res[1].code })
+            assert.equals(200, res[1].meta.status)
+            for i = 2, 6 do assert.is_true(res[i].skipped, i) end
+        end)
     end)
 
     describe("webhooks", function()

@@ -53,10 +53,10 @@ local payload = { actionId = action, environmentId = "staging", variables = {
     { name = "CANARY_ONE", value = masked1, masked = true },
     { name = "CANARY_TWO", value = masked2, masked = true },
     { name = "PLAIN", value = "visible-value", masked = false } } }
-local r, meta = c:patch(payload)
+local r, err, meta = c:patch(payload)
 say("patch", r and #r.variables or "nil", meta.status, tostring(meta.etag))
 if r then for _, v in ipairs(r.variables) do say("var", v.name, tostring(v.value)) end end
-local g, gm = c:get(action, "staging")
+local g, _, gm = c:get(action, "staging")
 say("get", g and #g.variables or "nil", gm.status)
 show("put-stale", c:put(payload, { if_match = '"stale-etag"' }))
 -- a server-side validation failure on a payload carrying the masked values

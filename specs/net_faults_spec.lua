@@ -31,9 +31,9 @@ describe("cxone.Client faults", function()
         local c = client()
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 1, count = 3 }
         local t0 = now()
-        local r, meta = c:get(A1, "dev")
+        local r, err, meta = c:get(A1, "dev")
         local dt = now() - t0
-        assert.is_table(r, meta)
+        assert.is_table(r, err)
         assert.equals(4, meta.attempts)
         assert.equals(200, meta.status)
         assert.is_true(dt >= 2.9, "waited " .. dt .. " s")
@@ -48,9 +48,9 @@ describe("cxone.Client faults", function()
         local when = os.date("!%a, %d %b %Y %H:%M:%S GMT", os.time() + 2)
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 503, retry_after = when, count = 1 }
         local t0 = now()
-        local r, meta = c:get(A1, "dev")
+        local r, err, meta = c:get(A1, "dev")
         local dt = now() - t0
-        assert.is_table(r, meta)
+        assert.is_table(r, err)
         assert.equals(2, meta.attempts)
         -- the date has whole-second resolution: the wait is between 1 and 2 s, far above backoff
         assert.is_true(dt >= 0.9, "waited " .. dt .. " s")
@@ -61,7 +61,7 @@ describe("cxone.Client faults", function()
         local c = client{ retry_after_cap = 0.2 }
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 30, count = 2 }
         local t0 = now()
-        local r, meta = c:get(A1, "dev")
+        local r, err, meta = c:get(A1, "dev")
         assert.is_table(r)
         assert.equals(3, meta.attempts)
         assert.is_true(now() - t0 < 5)
@@ -70,7 +70,8 @@ describe("cxone.Client faults", function()
     it("429 beyond the retries is rate_limited", function()
         local c = client{ retries = 1 }
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 0, count = 5 }
-        local r, msg, code, meta = c:get(A1, "dev")
+        local r, msg, code = c:get(A1, "dev")
+        local meta = c:last_meta()
         assert.is_nil(r)
         assert.equals("rate_limited", code)
         assert.matches("429", msg, 1, true)
@@ -81,7 +82,8 @@ describe("cxone.Client faults", function()
         local c = client()
         local before = sim:state()
         sim:fault{ method = "PATCH", path = VARS, kind = "status", status = 503, count = 10 }
-        local r, msg, code, meta = c:patch(patch_payload(A2, "staging", "storm"))
+        local r, msg, code = c:patch(patch_payload(A2, "staging", "storm"))
+        local meta = c:last_meta()
         assert.is_nil(r)
         assert.equals("server", code)
         assert.matches("503", msg, 1, true)
@@ -94,7 +96,8 @@ describe("cxone.Client faults", function()
         local c = client{ retries = 10, deadline = 0.5 }
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 503, retry_after = 1, count = 10 }
         local t0 = now()
-        local r, _, code, meta = c:get(A1, "dev")
+        local r, _, code = c:get(A1, "dev")
+        local meta = c:last_meta()
         assert.is_nil(r)
         assert.equals("server", code)
         assert.equals(1, meta.attempts) -- waiting 1 s would pass the 0.5 s deadline
@@ -105,7 +108,7 @@ describe("cxone.Client faults", function()
         local c = client()
         for _, s in ipairs{ 500, 502, 504 } do
             sim:fault{ method = "GET", path = VARS, kind = "status", status = s, count = 1 }
-            local r, meta = c:get(A3, "prod")
+            local r, err, meta = c:get(A3, "prod")
             assert.is_table(r)
             assert.equals(2, meta.attempts)
         end
@@ -115,7 +118,8 @@ describe("cxone.Client faults", function()
         local c = client{ timeout = 0.3, retries = 1 }
         sim:fault{ method = "GET", path = VARS, kind = "hang", count = 2 }
         local t0 = now()
-        local r, msg, code, meta = c:get(A1, "dev")
+        local r, msg, code = c:get(A1, "dev")
+        local meta = c:last_meta()
         local dt = now() - t0
         assert.is_nil(r)
         assert.equals("network", code)
@@ -129,14 +133,15 @@ describe("cxone.Client faults", function()
         -- libcurl itself re-sends once, on a fresh connection, when a reused connection dies
         -- before any answer; the second reset (on that fresh connection) is ours to retry
         sim:fault{ method = "PATCH", path = VARS, kind = "reset", count = 2 }
-        local r, meta = c:patch(patch_payload(A1, "dev", "after-reset"))
+        local r, err, meta = c:patch(patch_payload(A1, "dev", "after-reset"))
         assert.is_table(r)
         assert.equals(2, meta.attempts)
         assert.equals(1, c:stats().retries)
         assert.is_true(c:stats().connections >= 3)
         -- a reset on every attempt ends as network
         sim:fault{ method = "GET", path = VARS, kind = "reset", count = 20 }
-        local r2, msg, code, meta2 = c:get(A1, "dev")
+        local r2, msg, code = c:get(A1, "dev")
+        local meta2 = c:last_meta()
         assert.is_nil(r2)
         assert.equals("network", code)
         assert.is_string(msg)
@@ -147,7 +152,7 @@ describe("cxone.Client faults", function()
     it("a truncated body is retried", function()
         local c = client()
         sim:fault{ method = "GET", path = VARS, kind = "truncate", count = 1 }
-        local r, meta = c:get(A1, "staging")
+        local r, err, meta = c:get(A1, "staging")
         assert.is_table(r)
         assert.equals(2, meta.attempts)
     end)
@@ -155,7 +160,8 @@ describe("cxone.Client faults", function()
     it("a 200 that is not JSON is format", function()
         local c = client()
         sim:fault{ method = "GET", path = VARS, kind = "not_json", count = 1 }
-        local r, msg, code, meta = c:get(A1, "dev")
+        local r, msg, code = c:get(A1, "dev")
+        local meta = c:last_meta()
         assert.is_nil(r)
         assert.equals("format", code)
         assert.matches("variables", msg, 1, true)
@@ -195,10 +201,10 @@ describe("cxone.Client faults", function()
         assert(c:get(A1, "dev"))
         sim:fault{ method = "GET", path = VARS, kind = "expire_tokens", count = 1 }
         -- this request revokes every token before it is processed: 401 → refresh → retry once
-        local r, meta = c:get(A1, "dev")
+        local r, err, meta = c:get(A1, "dev")
         assert.is_table(r)
         assert.equals(2, meta.attempts)
-        local r2, meta2 = c:get(A1, "dev")
+        local r2, _, meta2 = c:get(A1, "dev")
         assert.is_table(r2)
         assert.equals(1, meta2.attempts)
         local st = c:stats()
@@ -209,7 +215,8 @@ describe("cxone.Client faults", function()
     it("a 401 after the refresh is auth", function()
         local c = client()
         sim:fault{ method = "GET", path = VARS, kind = "status", status = 401, count = 2 }
-        local r, msg, code, meta = c:get(A1, "dev")
+        local r, msg, code = c:get(A1, "dev")
+        local meta = c:last_meta()
         assert.is_nil(r)
         assert.equals("auth", code)
         assert.matches("401", msg, 1, true)
@@ -220,7 +227,8 @@ describe("cxone.Client faults", function()
     it("403 is scope and names the scope to grant", function()
         local c = assert(core.client{ base_url = sim.url, client_id = D.readonly_id, client_secret = D.readonly_secret })
         assert(c:get(A1, "dev"))
-        local r, msg, code, meta = c:patch(patch_payload(A1, "dev", "nope"))
+        local r, msg, code = c:patch(patch_payload(A1, "dev", "nope"))
+        local meta = c:last_meta()
         assert.is_nil(r)
         assert.equals("scope", code)
         assert.equals(403, meta.status)
@@ -237,11 +245,11 @@ describe("cxone.Client faults", function()
         -- the first attempt is processed (queued) but its answer is cut short; the retry carries
         -- the same Idempotency-Key, so the sim answers with the same build
         sim:fault{ method = "POST", path = "/api/v2/integration/actions/*/build", kind = "truncate", count = 1 }
-        local r, meta = c:build(A2)
-        assert.is_table(r, meta)
+        local r, err, meta = c:build(A2)
+        assert.is_table(r, err)
         assert.equals(2, meta.attempts)
         sim:fault{ method = "POST", path = "/api/v2/integration/actions/*/build", kind = "status", status = 503, count = 2 }
-        local r2, meta2 = c:build(A3)
+        local r2, _, meta2 = c:build(A3)
         assert.is_table(r2)
         assert.equals(3, meta2.attempts)
         assert.equals(before + 2, sim:stats().builds_queued)
@@ -252,12 +260,14 @@ describe("cxone.Client faults", function()
         local hook = sim.url .. "/_sim/webhooks/faulty"
         -- /_sim routes take no faults, so point the webhook at an API route that does
         sim:fault{ method = "POST", path = "/api/v2/integration/actions/*/build", kind = "status", status = 500, count = 1 }
-        local ok, _, code, meta = c:webhook(sim.url .. "/api/v2/integration/actions/" .. A1 .. "/build", { e = 1 })
+        local ok, _, code = c:webhook(sim.url .. "/api/v2/integration/actions/" .. A1 .. "/build", { e = 1 })
+        local meta = c:last_meta()
         assert.is_nil(ok)
         assert.equals("server", code)
         assert.equals(1, meta.attempts)
         sim:fault{ method = "POST", path = "/api/v2/integration/actions/*/build", kind = "status", status = 503, count = 1 }
-        ok, _, code, meta = c:webhook(sim.url .. "/api/v2/integration/actions/" .. A1 .. "/build", { e = 1 })
+        ok, _, code = c:webhook(sim.url .. "/api/v2/integration/actions/" .. A1 .. "/build", { e = 1 })
+        meta = c:last_meta()
         assert.is_nil(ok)
         assert.equals("auth", code) -- the retry reached the route, which wants a token we never send
         assert.equals(2, meta.attempts)

@@ -42,8 +42,8 @@ describe("cxone.Client TLS", function()
                                       client_secret = D.client_secret, ca_file = dir .. "/ca.pem" })
         assert.is_true(c:authenticate())
         for _ = 1, 20 do
-            local r, meta = c:get(D.actions[1], "dev")
-            assert.is_table(r, meta)
+            local r, err, meta = c:get(D.actions[1], "dev")
+            assert.is_table(r, err)
             assert.equals(200, meta.status)
         end
         assert.is_table((c:build(D.actions[1])))

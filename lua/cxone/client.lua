@@ -141,14 +141,14 @@ end
 function Client:vars(action, tier)
     local t, err = self.tiers:resolve(tier)
     if not t then return nil, err, "invalid" end
-    local r, meta_or_msg, code, meta = self.core:get(action, t.id)
+    local r, err, meta = self.core:get(action, t.id)
     if not r then
-        note_latency(self, meta)
-        return nil, meta_or_msg, code
+        note_latency(self, self.core:last_meta())
+        return nil, err, meta -- the code
     end
-    note_latency(self, meta_or_msg)
-    r.meta = meta_or_msg
-    r.etag = meta_or_msg and meta_or_msg.etag
+    note_latency(self, meta)
+    r.meta = meta
+    r.etag = meta and meta.etag
     return r
 end
 
@@ -428,9 +428,9 @@ local function audit(self, rec)
     if self.cfg.audit_log == false then return "" end
     local a, err = trail(self)
     if not a then return nil, err end
-    local ok, seq, hash = pcall(a.append, a, rec)
+    local ok, seq, err, hash = pcall(a.append, a, rec)
     if not ok then return nil, tostring(seq) end
-    if not seq then return nil, tostring(hash) end
+    if not seq then return nil, tostring(err) end
     return hash
 end
 

@@ -2,7 +2,8 @@
  * core.wire_response, core.wire_token_response, core.wire_retry_after, over the scanners of
  * plugin/http.c). Input: byte 0 picks the call (token answer, or get/patch/put/build), bytes
  * 1-2 the status (100..599), then header lines "name: value" up to an empty line, then the body.
- * Invariants: never raises; a result or nil, message, known code; no message holds a client
+ * Invariants: never raises; three values: a result (whose variables array or buildId string
+ * is there, as the one reading checked), nil and meta, or nil, message, known code; no message holds a client
  * secret or a masked value of the payload (raw, or with its non-ASCII bytes replaced), nor ends
  * with an 8+ byte prefix of one that the body quoted; a token is printable ASCII. The scrubbing
  * primitives of plugin/util.c are checked on the body directly too: cxone_scrub_into leaves no
@@ -220,18 +221,25 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lua_setfield(L, -2, "payload");
         lua_pushinteger(L, 1);
         lua_setfield(L, -2, "attempts");
-        FUZZ_CHECK(lua_pcall(L, 5, 4, 0) == LUA_OK, "wire_response raised: %s", lua_tostring(L, -1));
-        int r = lua_gettop(L) - 3;
+        int base = lua_gettop(L) - 6;
+        FUZZ_CHECK(lua_pcall(L, 5, LUA_MULTRET, 0) == LUA_OK, "wire_response raised: %s", lua_tostring(L, -1));
+        FUZZ_CHECK(lua_gettop(L) - base == 3, "wire_response returned %d values", lua_gettop(L) - base);
+        int r = base + 1;
         if (lua_istable(L, r)) {
             FUZZ_CHECK(status >= 200 && status < 300, "a result from HTTP %d", status);
-            FUZZ_CHECK(lua_istable(L, r + 1), "no meta");
+            FUZZ_CHECK(lua_isnil(L, r + 1) && lua_istable(L, r + 2), "not result, nil, meta");
+            /* the shape was checked by the same reading that built the table */
+            int build = strcmp(op, "build") == 0;
+            lua_getfield(L, r, build ? "buildId" : "variables");
+            FUZZ_CHECK(build ? lua_type(L, -1) == LUA_TSTRING : lua_istable(L, -1),
+                       "a result whose %s is a %s", build ? "buildId" : "variables", luaL_typename(L, -1));
+            lua_pop(L, 1);
         } else {
             FUZZ_CHECK(lua_isnil(L, r), "wire_response returned %s", luaL_typename(L, r));
             size_t ml;
             const char *m = lua_tolstring(L, r + 1, &ml);
             FUZZ_CHECK(m, "no message");
             FUZZ_CHECK(known_code(lua_tostring(L, r + 2)), "unknown code %s", lua_tostring(L, r + 2));
-            FUZZ_CHECK(lua_istable(L, r + 3), "no meta with the failure");
             check_message(L, m, ml, body, bl);
         }
     }

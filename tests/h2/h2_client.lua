@@ -17,8 +17,8 @@ check(c, "client created", err, code)
 local ok, e2, c2 = c:authenticate()
 check(ok, "token over the proxy", e2, c2)
 for i = 1, 5 do
-    local res, meta, c3 = c:get(action, "staging")
-    check(res and meta.status == 200, "GET " .. i, meta, c3)
+    local res, e3, meta = c:get(action, "staging")
+    check(res and meta.status == 200, "GET " .. i, e3, meta)
 end
 local res, e4, c4 = c:patch({ actionId = action, environmentId = "staging",
                               variables = { { name = "H2_CHECK", value = "1", masked = false } } })

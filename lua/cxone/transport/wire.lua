@@ -253,32 +253,32 @@ function Transport:_retry_opts(retry_after, start)
              remaining = start + self.deadline - self.engine:now() }
 end
 
--- One API call with retries and the 401 refresh: result, meta or nil, message, code, meta.
+-- One API call with retries and the 401 refresh: `result, nil, meta` or `nil, message, code`,
+-- and the meta once more as a fourth value (internal: batch keeps it per request, the public
+-- methods in last_meta).
 function Transport:_call(op, ropts, payload)
     local e = self.engine
     local st = self.stats_
     st.requests = st.requests + 1
     local start = e:now()
     local attempts, used, auth_retried = 0, 0, false
-    local function done(r, a, b, c)
-        local meta = r and a or c
-        if type(meta) == "table" then
-            meta.latency_ms = math.floor((e:now() - start) * 1e6 + 0.5) / 1000
-            meta.attempts = attempts
-            if ropts.idempotency_key then meta.idempotency_key = ropts.idempotency_key end
-            st.latency_ms_total = st.latency_ms_total + meta.latency_ms
-        end
+    local function done(status, r, a, b)
+        local meta = r and b or { status = status }
+        meta.latency_ms = math.floor((e:now() - start) * 1e6 + 0.5) / 1000
+        meta.attempts = attempts
+        if ropts.idempotency_key then meta.idempotency_key = ropts.idempotency_key end
+        st.latency_ms_total = st.latency_ms_total + meta.latency_ms
         if r then st.successes = st.successes + 1 else st.failures = st.failures + 1 end
-        return r, a, b, c
+        return r, a, b, meta
     end
     local probe, perr, pcode = wire.wire_request(op, ropts)
-    if not probe then return done(nil, perr, pcode, { status = 0 }) end
+    if not probe then return done(0, nil, perr, pcode) end
     ropts.idempotency_key = probe.idempotency_key
     local why = e.unsupported and e.unsupported[probe.method]
-    if why then return done(nil, why, "unsupported", { status = 0 }) end
+    if why then return done(0, nil, why, "unsupported") end
     while true do
         local tok, terr, tcode = self:_token()
-        if not tok then return done(nil, terr, tcode, { status = 0 }) end
+        if not tok then return done(0, nil, terr, tcode) end
         ropts.token = tok
         local req = wire.wire_request(op, ropts)
         attempts = attempts + 1
@@ -289,8 +289,8 @@ function Transport:_call(op, ropts, payload)
             local msg, code = wire.wire_scrub(tostring(hdrs), self.secrets, payload), body or "network"
             if not final then delay = wire.wire_retry(used, code, self:_retry_opts(nil, start)) end
             if not delay then
-                return done(nil, ("request failed after %d attempt%s: %s"):format(attempts,
-                    attempts == 1 and "" or "s", msg), code, { status = 0 })
+                return done(0, nil, ("request failed after %d attempt%s: %s"):format(attempts,
+                    attempts == 1 and "" or "s", msg), code)
             end
         elseif status == 401 and not auth_retried then
             auth_retried = true
@@ -301,7 +301,7 @@ function Transport:_call(op, ropts, payload)
                 delay = wire.wire_retry(used, status, self:_retry_opts(hdrs and hdrs["retry-after"], start))
             end
             if not delay then
-                return done(wire.wire_response(op, status, hdrs, body, {
+                return done(status, wire.wire_response(op, status, hdrs, body, {
                     client_id = self.client_id, secrets = { self.secrets[1], self.secrets[2], tok },
                     payload = payload }))
             end
@@ -314,20 +314,36 @@ function Transport:_call(op, ropts, payload)
     end
 end
 
---- Fetches a token now. @treturn[1] true, {expires_in=, scope=} @treturn[2] fail
+--- Fetches a token now. @treturn[1] true, nil, {expires_in=, scope=} @treturn[2] fail
 function Transport:authenticate()
     check(self)
     -- a new token even when one is cached: the cached one is passed as stale
     local tok, err, code = self:_token(store_get(self, self.engine:now()) or false)
     if not tok then return nil, err, code end
-    return true, { expires_in = self.token_expires_in, scope = self.token_scope }
+    return true, nil, { expires_in = self.token_expires_in, scope = self.token_scope }
+end
+
+-- A public call's three values, its meta kept for last_meta.
+local function public(self, r, a, b, meta)
+    self.last_meta_ = meta
+    return r, a, b
+end
+
+--- The meta table of the latest get, patch, put or build, as cxone.Client:last_meta.
+function Transport:last_meta()
+    check(self)
+    return self.last_meta_
+end
+
+local function get(self, action, env)
+    return self:_call("get", { base_url = self.base_url, action = action, env = env, user_agent = self.user_agent })
 end
 
 function Transport:get(action, env)
     check(self)
     if type(action) ~= "string" then error("bad argument #1 to 'get' (string expected, got " .. type(action) .. ")", 2) end
     if type(env) ~= "string" then error("bad argument #2 to 'get' (string expected, got " .. type(env) .. ")", 2) end
-    return self:_call("get", { base_url = self.base_url, action = action, env = env, user_agent = self.user_agent })
+    return public(self, get(self, action, env))
 end
 
 local function write(self, op, payload, opts)
@@ -338,21 +354,26 @@ local function write(self, op, payload, opts)
                             user_agent = self.user_agent }, payload)
 end
 
-function Transport:patch(payload, opts) return write(self, "patch", payload, opts) end
-function Transport:put(payload, opts) return write(self, "put", payload, opts) end
+local function build(self, action, key)
+    return self:_call("build", { base_url = self.base_url, action = action, idempotency_key = key,
+                                 user_agent = self.user_agent })
+end
+
+function Transport:patch(payload, opts) return public(self, write(self, "patch", payload, opts)) end
+function Transport:put(payload, opts) return public(self, write(self, "put", payload, opts)) end
 
 function Transport:build(action, opts)
     check(self)
     if type(action) ~= "string" then error("bad argument #1 to 'build' (string expected, got " .. type(action) .. ")", 2) end
-    return self:_call("build", { base_url = self.base_url, action = action,
-                                 idempotency_key = opts and opts.idempotency_key, user_agent = self.user_agent })
+    return public(self, build(self, action, opts and opts.idempotency_key))
 end
 
 --- Webhooks are not sent from an embedded host (they would hold a request handler).
 function Transport:webhook()
     check(self)
+    self.last_meta_ = nil
     return nil, "webhooks are not sent by the embedded transports; run promotions with the CLI",
-        "unsupported", { status = 0 }
+        "unsupported"
 end
 
 --- Runs many requests ({op=, action=, env=, payload=, if_match=, idempotency_key=}) with at most
@@ -369,19 +390,26 @@ function Transport:batch(reqs, opts)
         if type(r) ~= "table" or not OPS[r.op] then
             error(("bad argument #1 to 'batch' (request #%d: op must be get, patch, put or build)"):format(i), 2)
         end
+        local bad = (r.op == "get" and (type(r.action) ~= "string" or type(r.env) ~= "string") and "action and env")
+            or (r.op == "build" and type(r.action) ~= "string" and "action")
+            or ((r.op == "patch" or r.op == "put") and type(r.payload) ~= "table" and "payload")
+        if bad then
+            error(("bad argument #1 to 'batch' (request #%d: %s missing or of the wrong type)"):format(i, bad), 2)
+        end
         fns[i] = function()
             if stop then
                 results[i] = { ok = false, skipped = true, code = "not_attempted" }
                 return
             end
-            local res, a, b, c
-            if r.op == "get" then res, a, b, c = self:get(r.action, r.env)
-            elseif r.op == "build" then res, a, b, c = self:build(r.action, { idempotency_key = r.idempotency_key })
-            else res, a, b, c = write(self, r.op, r.payload, { if_match = r.if_match }) end
+            local res, err, code, meta
+            if r.op == "get" then
+                res, err, code, meta = get(self, r.action, r.env)
+            elseif r.op == "build" then res, err, code, meta = build(self, r.action, r.idempotency_key)
+            else res, err, code, meta = write(self, r.op, r.payload, { if_match = r.if_match }) end
             if res then
-                results[i] = { ok = true, result = res, meta = a }
+                results[i] = { ok = true, result = res, meta = meta }
             else
-                results[i] = { ok = false, error = a, code = b, meta = c }
+                results[i] = { ok = false, error = err, code = code, meta = meta }
                 if opts.stop_on_failure then stop = true end
             end
         end
