@@ -28,7 +28,7 @@ names() {
     done
     echo "ok: $page documents $*"
 }
-names cxone.core client Client:authenticate Client:get Client:patch Client:put Client:build \
+names cxone.core client Client:authenticate Client:get Client:patch Client:put Client:build Client:last_meta \
     Client:batch validate drift audit_open Audit:append audit_verify sha256 json_encode json_decode
 names cxone client payload validate drift
 names cxone.client new Client:plan Client:plan_all Client:apply Client:apply_all Client:promote
