@@ -327,25 +327,28 @@ static cxone_buf *push_secrets(lua_State *L, const cxone_http *h, int payload, c
     masked_t *mv = lua_newuserdatauv(L, (nvars + 1) * sizeof *mv, 0);
     size_t nm = 0;
     for (size_t i = 1; i <= nvars; i++) {
-        lua_rawgeti(L, vars, (lua_Integer)i);           /* entry */
+        lua_rawgeti(L, vars, (lua_Integer)i);                    /* entry */
         if (lua_type(L, -1) == LUA_TTABLE) {
-            cxone_rawfield(L, -1, "masked");                   /* entry, masked */
+            cxone_rawfield(L, -1, "masked");                      /* entry, masked */
             int masked = lua_toboolean(L, -1);
-            lua_pop(L, 1);                               /* entry */
-            if (masked && cxone_rawfield(L, -1, "value") == LUA_TSTRING) { /* entry, value */
-                masked_t *m = &mv[nm++];
-                m->p = lua_tolstring(L, -1, &m->n);
-                for (int f = 0; f < SECRET_FORMS - 1; f++) {
-                    m->off[f][0] = forms->len;
-                    if (f == 0) cxone_json_quote(forms, m->p, m->n);
-                    else json_quote_ascii(forms, m->p, m->n, f == 2);
-                    m->off[f][1] = forms->len;
+            lua_pop(L, 1);                                        /* entry */
+            if (masked) {
+                if (cxone_rawfield(L, -1, "value") == LUA_TSTRING) { /* entry, value */
+                    masked_t *m = &mv[nm++];
+                    m->p = lua_tolstring(L, -1, &m->n); /* referenced by the payload */
+                    for (int f = 0; f < SECRET_FORMS - 1; f++) {
+                        m->off[f][0] = forms->len;
+                        if (f == 0) cxone_json_quote(forms, m->p, m->n);
+                        else json_quote_ascii(forms, m->p, m->n, f == 2);
+                        m->off[f][1] = forms->len;
+                    }
                 }
+                lua_pop(L, 1);                                    /* entry */
             }
-            lua_pop(L, 1);                               /* entry (or value) */
         }
-        lua_pop(L, 1);                                   /* entry (or the non-table) */
+        lua_pop(L, 1);                                            /* (the entry) */
     }
+    CXONE_STACK_IS(L, base + (vars ? 1 : 0) + 1);
     cxone_span *sp = lua_newuserdatauv(L, (SECRET_FORMS * nm + 3) * sizeof *sp, 0);
     size_t n = 0;
     for (size_t i = 0; i < nm; i++) {

@@ -10,6 +10,28 @@
 #define CXONE_VERSION "0.1.0"
 #define CXONE_EXPORT __attribute__((visibility("default")))
 
+/* Stack discipline, checked in sanitizer and fuzzing builds (CXONE_CHECKS): Debian's Lua is
+ * built without API checks, so a pop below the running function's frame would silently
+ * overwrite its caller's values. There, lua_pop checks its count and CXONE_STACK_IS(L, n)
+ * states the stack height a helper must have reached; either aborts naming the place. */
+#ifdef CXONE_CHECKS
+void cxone_stack_fault(const char *file, int line, int want, int got) __attribute__((noreturn));
+#define CXONE_STACK_IS(L, want)                                                       \
+    do {                                                                              \
+        int cxone_g_ = lua_gettop(L), cxone_w_ = (want);                              \
+        if (cxone_g_ != cxone_w_) cxone_stack_fault(__FILE__, __LINE__, cxone_w_, cxone_g_); \
+    } while (0)
+#undef lua_pop
+static inline void cxone_checked_pop(lua_State *L, int n, const char *file, int line)
+{
+    if (n > lua_gettop(L)) cxone_stack_fault(file, line, -n, lua_gettop(L));
+    lua_settop(L, -n - 1);
+}
+#define lua_pop(L, n) cxone_checked_pop((L), (n), __FILE__, __LINE__)
+#else
+#define CXONE_STACK_IS(L, want) ((void)0)
+#endif
+
 /* Each file registers its functions into the module table at the top of the stack. */
 void cxone_util_open(lua_State *L);
 void cxone_validate_open(lua_State *L);

@@ -12,6 +12,19 @@
 
 #include "cxone.h"
 
+#ifdef CXONE_CHECKS
+void cxone_stack_fault(const char *file, int line, int want, int got)
+{
+    if (want < 0)
+        fprintf(stderr, "%s:%d: lua_pop(%d) with %d value%s in the frame\n", file, line, -want, got,
+                got == 1 ? "" : "s");
+    else
+        fprintf(stderr, "%s:%d: the stack holds %d values where %d were expected\n", file, line, got,
+                want);
+    abort();
+}
+#endif
+
 int cxone_fail(lua_State *L, const char *code, const char *fmt, ...)
 {
     char msg[512];

@@ -337,6 +337,30 @@ return { { action = %q, tier = "development", variables = { ETAG_TEST = "1" } } 
         assert.is_nil(out:find("\27", 1, true))
     end)
 
+    describe("a rejected write with many variables", function()
+        -- the scrubber walks every variable of the payload: a walk that popped one value too
+        -- many per unmasked variable overwrote the caller's stack (a crash at 200 variables)
+        for _, n in ipairs{ 1, 2, 300, 3000 } do
+            it(("keeps the stack whole and the masked value out (%d unmasked)"):format(n), function()
+                local c = client()
+                local vars = { { name = "SECRET_ONE", value = CANARY, masked = true } }
+                for i = 1, n do vars[#vars + 1] = { name = "PLAIN_" .. i, value = "v" .. i, masked = false } end
+                local body = core.json_encode({ message = "rejected " .. CANARY, error = "x",
+                                                required_scope = "scope " .. CANARY })
+                local sentinel = { "kept" }
+                for _, st in ipairs{ 422, 403 } do
+                    sim:fault{ method = "PATCH", path = VARS, kind = "status", status = st, body = body }
+                    local r, msg, code = c:patch({ actionId = A1, environmentId = "dev", variables = vars })
+                    assert.is_nil(r)
+                    assert.equals(st == 422 and "invalid" or "scope", code)
+                    assert_no_piece(msg, CANARY, "message")
+                end
+                assert.same({ "kept" }, sentinel)
+                assert.equals(n + 1, #vars)
+            end)
+        end
+    end)
+
     describe("2xx answers are read once", function()
         -- the shape check and the decoded table come from the same reading, so a repeated key
         -- cannot pass the check with one value and reach the caller with another
