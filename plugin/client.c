@@ -922,7 +922,7 @@ typedef struct {
     size_t n;
     cxone_xfer *x;    /* n transfers */
     cxone_xfer **px;  /* n pointers */
-    char (*idem)[37]; /* generated keys */
+    char (*idem)[201]; /* the builds' keys (generated, or the caller's: at most 200 bytes) */
 } batch_t;
 
 static int batch_gc(lua_State *L)
@@ -1043,13 +1043,17 @@ static int m_batch(lua_State *L)
             lua_rawseti(L, pidx, (lua_Integer)i); /* pops the payload */
         } else if (k == OP_BUILD) {
             const char *a = req_str(L, t, i, "action", 1);
+            int no_key = 0;
             if (!idem) {
-                if (cxone_http_uuid4(b->idem[i - 1]) != 0) b->idem[i - 1][0] = '\0';
-                idem = b->idem[i - 1];
-            } else {
-                snprintf(b->idem[i - 1], sizeof b->idem[i - 1], "%s", idem);
+                no_key = cxone_http_uuid4(b->idem[i - 1]) != 0;
+            } else if (strlen(idem) < sizeof b->idem[i - 1]) { /* longer: refused by prepare */
+                memcpy(b->idem[i - 1], idem, strlen(idem) + 1);
             }
-            prepare(L, h, x, k, a, NULL, 0, NULL, idem[0] ? idem : "x");
+            prepare(L, h, x, k, a, NULL, 0, NULL, idem ? idem : b->idem[i - 1]);
+            if (no_key) { /* never a shared placeholder key */
+                x->fail_code = "memory";
+                snprintf(x->fail_msg, sizeof x->fail_msg, "the random generator failed");
+            }
         } else {
             const char *a = req_str(L, t, i, "action", 1);
             const char *e = req_str(L, t, i, "env", 1);

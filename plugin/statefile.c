@@ -71,7 +71,9 @@ static void forget_inherited(statefile *s)
 static statefile *check_sf(lua_State *L, int idx)
 {
     statefile *s = luaL_checkudata(L, idx, STATEFILE_MT);
-    if (s->lockfd < 0 && s->pid == getpid()) luaL_error(L, "attempt to use a closed " STATEFILE_MT);
+    /* closed: by this process, or before a fork (its path is gone either way) */
+    if (!s->path || (s->lockfd < 0 && s->pid == getpid()))
+        luaL_error(L, "attempt to use a closed " STATEFILE_MT);
     return s;
 }
 

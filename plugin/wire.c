@@ -144,19 +144,29 @@ static void error_field(lua_State *L, int secrets, int pidx, const char *body, s
 }
 
 /* The value of header name (lowercase) in the table at idx: a string, or the last string of a
- * list (HAProxy gives lists). NULL if absent. */
-static const char *header_of(lua_State *L, int idx, const char *name, size_t *len)
+ * list (HAProxy gives lists), copied into out (cap bytes, NUL-terminated) since a transport's
+ * headers table may have an __index that makes the string it returns (lua-resty-http's does,
+ * for case-insensitive names). Returns its length, or -1 if absent; a value that does not fit
+ * is reported by its length with out left empty. */
+static long header_of(lua_State *L, int idx, const char *name, char *out, size_t cap)
 {
-    if (!idx || lua_type(L, idx) != LUA_TTABLE) return NULL;
+    out[0] = '\0';
+    if (!idx || lua_type(L, idx) != LUA_TTABLE) return -1;
     lua_getfield(L, idx, name);
     if (lua_type(L, -1) == LUA_TTABLE) {
         size_t n = (size_t)lua_rawlen(L, -1);
         lua_rawgeti(L, -1, (lua_Integer)(n ? n : 1));
         lua_remove(L, -2);
     }
-    const char *s = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, len) : NULL;
-    lua_pop(L, 1); /* still referenced by the headers table (or its list) */
-    return s;
+    long got = -1;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        got = n > 0x7fffffff ? 0x7fffffff : (long)n;
+        if (n < cap) memcpy(out, s, n + 1);
+    }
+    lua_pop(L, 1);
+    return got;
 }
 
 
@@ -177,22 +187,16 @@ static int l_wire_request(lua_State *L)
 {
     int op = luaL_checkoption(L, 1, NULL, w_ops);
     luaL_checktype(L, 2, LUA_TTABLE);
-    size_t bl;
-    const char *base = cxone_opt_string(L, 2, "base_url", NULL, &bl);
-    luaL_argcheck(L, base && bl > 0, 2, "option 'base_url' is required (a non-empty string)");
-    while (bl > 0 && base[bl - 1] == '/') bl--;
-    const char *token = cxone_opt_string(L, 2, "token", NULL, NULL);
-    const char *if_match = cxone_opt_string(L, 2, "if_match", NULL, NULL);
-    const char *idem = cxone_opt_string(L, 2, "idempotency_key", NULL, NULL);
-    const char *ua = cxone_opt_string(L, 2, "user_agent", NULL, NULL);
+    /* every field is read raw (no metamethod runs, so the strings read stay referenced by the
+     * tables, and the ids in the URL are those of the body encoded raw below) */
     const char *action = NULL, *env = NULL;
     int pidx = 0;
     if (op == W_PATCH || op == W_PUT) {
-        lua_getfield(L, 2, "payload");
+        cxone_rawfield(L, 2, "payload");
         luaL_argcheck(L, lua_type(L, -1) == LUA_TTABLE, 2, "option 'payload' must be a table");
         pidx = lua_gettop(L);
-        lua_getfield(L, pidx, "actionId");
-        lua_getfield(L, pidx, "environmentId");
+        cxone_rawfield(L, pidx, "actionId");
+        cxone_rawfield(L, pidx, "environmentId");
         luaL_argcheck(L, lua_type(L, -2) == LUA_TSTRING && lua_type(L, -1) == LUA_TSTRING, 2,
                       "payload.actionId and payload.environmentId must be strings");
         action = lua_tostring(L, -2);
@@ -201,6 +205,14 @@ static int l_wire_request(lua_State *L)
         action = need_str(L, 2, "action");
         if (op == W_GET) env = need_str(L, 2, "env");
     }
+    size_t bl;
+    const char *base = cxone_opt_string(L, 2, "base_url", NULL, &bl);
+    luaL_argcheck(L, base && bl > 0, 2, "option 'base_url' is required (a non-empty string)");
+    while (bl > 0 && base[bl - 1] == '/') bl--;
+    const char *token = cxone_opt_string(L, 2, "token", NULL, NULL);
+    const char *if_match = cxone_opt_string(L, 2, "if_match", NULL, NULL);
+    const char *idem = cxone_opt_string(L, 2, "idempotency_key", NULL, NULL);
+    const char *ua = cxone_opt_string(L, 2, "user_agent", NULL, NULL);
     const char *why;
     if ((why = cxone_bad_id(action, strlen(action))) != NULL)
         return cxone_fail(L, "invalid", "action id %s", why);
@@ -428,7 +440,7 @@ static void push_meta(lua_State *L, lua_Integer st, const char *etag, size_t el,
     static const char *const copy[] = {"attempts", "latency_ms", "idempotency_key"};
     for (size_t i = 0; i < sizeof copy / sizeof *copy; i++) {
         if (lua_type(L, opts) != LUA_TTABLE) break;
-        lua_getfield(L, opts, copy[i]);
+        cxone_rawfield(L, opts, copy[i]);
         lua_setfield(L, -2, copy[i]);
     }
 }
@@ -457,22 +469,25 @@ static int l_wire_response(lua_State *L)
     const char *body = luaL_optlstring(L, 4, "", &n);
     if (!lua_isnoneornil(L, 5)) luaL_checktype(L, 5, LUA_TTABLE);
     lua_settop(L, 5);
+    /* the ETag first: the headers' __index (if any) runs before anything is read raw below */
+    char etag[256];
+    long elen = header_of(L, 3, "etag", etag, sizeof etag);
+    size_t el = elen > 0 && (size_t)elen < sizeof etag ? (size_t)elen : 0;
+    int bad_etag = elen >= 0 && ((size_t)elen >= sizeof etag || !cxone_etag_ok(etag, el));
     const char *client_id = cxone_opt_string(L, 5, "client_id", "(unnamed)", NULL);
     int secrets = 0, pidx = 0;
     if (lua_type(L, 5) == LUA_TTABLE) {
-        lua_getfield(L, 5, "secrets"); /* 6 */
+        cxone_rawfield(L, 5, "secrets"); /* 6 */
         secrets = lua_gettop(L);
-        lua_getfield(L, 5, "payload"); /* 7 */
+        cxone_rawfield(L, 5, "payload"); /* 7 */
         pidx = lua_gettop(L);
     }
-    size_t el = 0;
-    const char *etag = header_of(L, 3, "etag", &el);
     char msg[512], server[240];
     const char *code = NULL;
 
     if (st >= 200 && st < 300) {
         if (!cxone_wire_answer(L, op == W_BUILD ? CXH_EXPECT_BUILD : CXH_EXPECT_VARIABLES, (long)st,
-                               etag && !cxone_etag_ok(etag, el), body, n, msg, sizeof msg)) {
+                               bad_etag, body, n, msg, sizeof msg)) {
             code = "format";
         } else {
             lua_pushnil(L);

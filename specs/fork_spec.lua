@@ -460,4 +460,20 @@ describe("fork safety", function()
         assert(st:close())
         assert.is_true(lock_free(path))
     end)
+
+    it("state file: closed before a fork, it stays closed in the child (an error, not a crash)", function()
+        local path = dir .. "/ledger-c.jsonl"
+        local st = assert(core.state_open(path))
+        assert(st:close())
+        assert(forks.run(function()
+            for _, m in ipairs{ "lock", "read", "unlock" } do
+                local ok, err = pcall(st[m], st)
+                assert(not ok and tostring(err):find("closed", 1, true), m .. ": " .. tostring(err))
+            end
+            local ok, err = pcall(st.append, st, "x\n")
+            assert(not ok and tostring(err):find("closed", 1, true), "append: " .. tostring(err))
+            ok, err = pcall(st.replace, st, "x\n")
+            assert(not ok and tostring(err):find("closed", 1, true), "replace: " .. tostring(err))
+        end))
+    end)
 end)

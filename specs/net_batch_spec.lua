@@ -102,6 +102,25 @@ describe("cxone.Client:batch", function()
         assert.is_true(res[6].ok)
     end)
 
+    it("a build's idempotency key is reported whole, and a bad one fails only its entry", function()
+        local c = client()
+        local key = "cxone-" .. ("k"):rep(150) -- as long as the keys apply_all makes, and more
+        local before = sim:stats().builds_queued
+        local res = c:batch({ { op = "build", action = A1, idempotency_key = key },
+                              { op = "build", action = A1, idempotency_key = key },
+                              { op = "build", action = A1, idempotency_key = "" },
+                              { op = "build", action = A1, idempotency_key = ("k"):rep(201) },
+                              { op = "build", action = A1 } }, { concurrency = 1 })
+        assert.is_true(res[1].ok, res[1].error)
+        assert.equals(key, res[1].meta.idempotency_key)
+        assert.equals(res[1].result.buildId, res[2].result.buildId) -- the same key: queued once
+        assert.same({ false, "invalid" }, { res[3].ok, res[3].code })
+        assert.same({ false, "invalid" }, { res[4].ok, res[4].code })
+        assert.is_true(res[5].ok, res[5].error)
+        assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", res[5].meta.idempotency_key)
+        assert.equals(before + 2, sim:stats().builds_queued)
+    end)
+
     it("stop_on_failure starts nothing new after a failure and marks the rest skipped", function()
         local c = client()
         local before = sim:stats().requests

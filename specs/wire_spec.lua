@@ -105,6 +105,29 @@ describe("core.wire_response", function()
         local _, _, m2 = core.wire_response("get", 200, { etag = { '"x"', '"y"' } }, '{"variables":[]}')
         assert.equal('"y"', m2.etag)
     end)
+    it("reads headers through a metamethod safely (a fresh string, then a large decode)", function()
+        -- lua-resty-http's headers table makes the value in __index; the ETag must be copied
+        -- before the answer is decoded (allocations there can collect the string)
+        local made = 0
+        local hdrs = setmetatable({}, { __index = function(_, k)
+            if k ~= "etag" then return nil end
+            made = made + 1
+            return '"' .. ("e"):rep(40) .. made .. '"'
+        end })
+        local vars = {}
+        for i = 1, 20000 do vars[i] = { name = "V" .. i, value = ("x"):rep(20), masked = false } end
+        local body = core.json_encode({ variables = vars })
+        for _ = 1, 3 do
+            local r, err, meta = core.wire_response("get", 200, hdrs, body)
+            assert.is_table(r, err)
+            assert.equal(20000, #r.variables)
+            assert.equal('"' .. ("e"):rep(40) .. made .. '"', meta.etag)
+        end
+        local long = setmetatable({}, { __index = function() return '"' .. ("e"):rep(400) .. '"' end })
+        local _, msg, code = core.wire_response("get", 200, long, body)
+        assert.equal("format", code)
+        assert.matches("ETag", msg)
+    end)
     it("checks the shape of 2xx answers", function()
         local _, _, code = core.wire_response("get", 200, {}, '{"items":[]}')
         assert.equal("format", code)
