@@ -455,48 +455,11 @@ static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, 
         snprintf(msg, cap, "%s", x->fail_msg);
         return x->fail_code;
     }
-    long st = x->status;
-    char server[240];
-    const char *code;
-    int tries = x->attempts;
-    const char *pl = tries == 1 ? "" : "s";
-    if (st == 401) {
-        code = "auth";
-        snprintf(msg, cap, "the API refused the token (HTTP 401) even after a token refresh: check "
-                 "that client %s is still authorised", h->client_id);
-    } else if (st == 403) {
-        code = "scope";
-        error_field(L, h, x, payload, "required_scope", NULL, server, sizeof server);
-        if (server[0])
-            snprintf(msg, cap, "permission denied (HTTP 403): grant the scope '%s' to client %s",
-                     server, h->client_id);
-        else
-            snprintf(msg, cap, "permission denied (HTTP 403): client %s lacks the scope this "
-                     "operation needs", h->client_id);
-    } else if (st == 404) {
-        code = "not_found";
-        snprintf(msg, cap, "not found (HTTP 404): check the action id and environment id");
-    } else if (st == 409 || st == 412) {
-        code = "conflict";
-        snprintf(msg, cap, "conflict (HTTP %ld): the target changed since the plan was made; "
-                 "re-read it and plan again (after a retried PATCH/PUT with If-Match this can also "
-                 "mean an earlier attempt was applied but its answer was lost)", st);
-    } else if (st == 429) {
-        code = "rate_limited";
-        snprintf(msg, cap, "rate limited (HTTP 429) after %d attempt%s; try again later or lower "
-                 "the request rate", tries, pl);
-    } else if (st >= 500 && st < 600) {
-        code = "server";
-        snprintf(msg, cap, "server error (HTTP %ld) after %d attempt%s", st, tries, pl);
-    } else if (st >= 400 && st < 500) {
-        code = "invalid";
-        error_field(L, h, x, payload, "message", "error", server, sizeof server);
-        snprintf(msg, cap, "the %s was rejected (HTTP %ld)%s%s", op == OP_WEBHOOK ? "webhook" : "request",
-                 st, server[0] ? ": " : "", server);
-    } else {
-        code = "format";
-        snprintf(msg, cap, "unexpected HTTP status %ld", st);
-    }
+    const char *alt, *field = cxone_wire_quoted(x->status, op == OP_WEBHOOK, &alt);
+    char server[240] = "";
+    if (field) error_field(L, h, x, payload, field, alt, server, sizeof server);
+    const char *code = cxone_wire_failure(x->status, x->attempts, op == OP_WEBHOOK, h->client_id,
+                                          server, msg, cap);
     scrub_masked(L, payload, msg, cap);
     cxone_http_scrub(h, msg, cap);
     return code;

@@ -428,6 +428,73 @@ int cxone_wire_answer(lua_State *L, int expect, long status, int bad_etag, const
     return 0;
 }
 
+const char *cxone_wire_quoted(long status, int webhook, const char **alt)
+{
+    *alt = NULL;
+    if (status == 403 && !webhook) return "required_scope";
+    if (status >= 400 && status < 500 && status != 429
+        && (webhook || (status != 401 && status != 404 && status != 409 && status != 412))) {
+        *alt = "error";
+        return "message";
+    }
+    return NULL;
+}
+
+const char *cxone_wire_failure(long status, int attempts, int webhook, const char *client_id,
+                               const char *server, char *msg, size_t cap)
+{
+    char tries[48] = "";
+    if (attempts > 0)
+        snprintf(tries, sizeof tries, " after %d attempt%s", attempts, attempts == 1 ? "" : "s");
+    if (webhook && status >= 400 && status < 500 && status != 429) {
+        /* a CI receiver, not the API: the same codes, its own words */
+        snprintf(msg, cap, "the webhook was rejected (HTTP %ld)%s%s", status, server[0] ? ": " : "",
+                 server);
+        return status == 401 ? "auth" : status == 403 ? "scope" : status == 404 ? "not_found"
+             : status == 409 || status == 412 ? "conflict" : "invalid";
+    }
+    if (status == 401) {
+        snprintf(msg, cap, "the API refused the token (HTTP 401) even after a token refresh: check "
+                 "that client %s is still authorised", client_id);
+        return "auth";
+    }
+    if (status == 403) {
+        if (server[0])
+            snprintf(msg, cap, "permission denied (HTTP 403): grant the scope '%s' to client %s",
+                     server, client_id);
+        else
+            snprintf(msg, cap, "permission denied (HTTP 403): client %s lacks the scope this "
+                     "operation needs", client_id);
+        return "scope";
+    }
+    if (status == 404) {
+        snprintf(msg, cap, "not found (HTTP 404): check the action id and environment id");
+        return "not_found";
+    }
+    if (status == 409 || status == 412) {
+        snprintf(msg, cap, "conflict (HTTP %ld): the target changed since the plan was made; "
+                 "re-read it and plan again (after a retried PATCH/PUT with If-Match this can also "
+                 "mean an earlier attempt was applied but its answer was lost)", status);
+        return "conflict";
+    }
+    if (status == 429) {
+        snprintf(msg, cap, "rate limited (HTTP 429)%s; try again later or lower the request rate",
+                 tries);
+        return "rate_limited";
+    }
+    if (status >= 500 && status < 600) {
+        snprintf(msg, cap, "server error (HTTP %ld)%s", status, tries);
+        return "server";
+    }
+    if (status >= 400 && status < 500) {
+        snprintf(msg, cap, "the request was rejected (HTTP %ld)%s%s", status,
+                 server[0] ? ": " : "", server);
+        return "invalid";
+    }
+    snprintf(msg, cap, "unexpected HTTP status %ld", status);
+    return "format";
+}
+
 static void push_meta(lua_State *L, lua_Integer st, const char *etag, size_t el, int opts)
 {
     lua_createtable(L, 0, 5);
@@ -475,6 +542,8 @@ static int l_wire_response(lua_State *L)
     size_t el = elen > 0 && (size_t)elen < sizeof etag ? (size_t)elen : 0;
     int bad_etag = elen >= 0 && ((size_t)elen >= sizeof etag || !cxone_etag_ok(etag, el));
     const char *client_id = cxone_opt_string(L, 5, "client_id", "(unnamed)", NULL);
+    lua_Integer att = cxone_opt_integer(L, 5, "attempts", 0);
+    int attempts = att > 0 && att < 1000000 ? (int)att : 0;
     int secrets = 0, pidx = 0;
     if (lua_type(L, 5) == LUA_TTABLE) {
         cxone_rawfield(L, 5, "secrets"); /* 6 */
@@ -494,40 +563,11 @@ static int l_wire_response(lua_State *L)
             push_meta(L, st, etag, el, 5);
             return 3;
         }
-    } else if (st == 401) {
-        code = "auth";
-        snprintf(msg, sizeof msg, "the API refused the token (HTTP 401) even after a token refresh: "
-                 "check that client %s is still authorised", client_id);
-    } else if (st == 403) {
-        code = "scope";
-        error_field(L, secrets, pidx, body, n, "required_scope", NULL, server, sizeof server);
-        if (server[0])
-            snprintf(msg, sizeof msg, "permission denied (HTTP 403): grant the scope '%s' to client %s",
-                     server, client_id);
-        else
-            snprintf(msg, sizeof msg, "permission denied (HTTP 403): client %s lacks the scope this "
-                     "operation needs", client_id);
-    } else if (st == 404) {
-        code = "not_found";
-        snprintf(msg, sizeof msg, "not found (HTTP 404): check the action id and environment id");
-    } else if (st == 409 || st == 412) {
-        code = "conflict";
-        snprintf(msg, sizeof msg, "conflict (HTTP %d): the target changed since the plan was made; "
-                 "re-read it and plan again", (int)st);
-    } else if (st == 429) {
-        code = "rate_limited";
-        snprintf(msg, sizeof msg, "rate limited (HTTP 429); try again later or lower the request rate");
-    } else if (st >= 500 && st < 600) {
-        code = "server";
-        snprintf(msg, sizeof msg, "server error (HTTP %d)", (int)st);
-    } else if (st >= 400 && st < 500) {
-        code = "invalid";
-        error_field(L, secrets, pidx, body, n, "message", "error", server, sizeof server);
-        snprintf(msg, sizeof msg, "the request was rejected (HTTP %d)%s%s", (int)st,
-                 server[0] ? ": " : "", server);
     } else {
-        code = "format";
-        snprintf(msg, sizeof msg, "unexpected HTTP status %d", (int)st);
+        const char *alt, *field = cxone_wire_quoted((long)st, 0, &alt);
+        server[0] = '\0';
+        if (field) error_field(L, secrets, pidx, body, n, field, alt, server, sizeof server);
+        code = cxone_wire_failure((long)st, attempts, 0, client_id, server, msg, sizeof msg);
     }
     scrub_all(L, secrets, pidx, msg, sizeof msg);
     luaL_pushfail(L);

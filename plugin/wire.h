@@ -25,6 +25,14 @@ int cxone_check_url(const char *what, const char *url, int insecure_http, int al
 int cxone_wire_answer(lua_State *L, int expect, long status, int bad_etag, const char *body,
                       size_t n, char *msg, size_t cap);
 
+/* Defined in wire.c, for both transports (and webhooks): which field of a non-2xx answer's
+ * error body the message quotes (NULL: none; *alt: the fallback when it is absent or empty),
+ * then the code and message for the status, quoting `server` (that field's text, already made
+ * safe: "" if none). attempts > 0 is named in the messages of retried statuses. */
+const char *cxone_wire_quoted(long status, int webhook, const char **alt);
+const char *cxone_wire_failure(long status, int attempts, int webhook, const char *client_id,
+                               const char *server, char *msg, size_t cap);
+
 /* Defined in http.c: the token-answer scanner, Retry-After, form encoding. */
 int cxone_js_field(const char *s, size_t n, const char *key, cxone_buf *str, double *num);
 int cxone_token_chars_ok(const char *s, size_t n);

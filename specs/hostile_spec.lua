@@ -413,6 +413,31 @@ return { { action = %q, tier = "development", variables = { ETAG_TEST = "1" } } 
         end)
     end)
 
+    it("the libcurl client and the embedded transports say the same for the same answer", function()
+        -- one interpretation (plugin/wire.c) behind cxone.Client and core.wire_response
+        local c = client({ retries = 1 })
+        local cases = {
+            { 401, "{}" }, { 403, '{"required_scope":"integration:actions:admin"}' }, { 404, "{}" },
+            { 412, "{}" }, { 422, '{"message":"","error":"too many variables"}' },
+            { 400, '{"message":"bad name"}' }, { 429, "{}" }, { 503, "{}" }, { 302, "{}" },
+            { 200, '{"variables":{}}' },
+        }
+        for _, case in ipairs(cases) do
+            local st, body = case[1], case[2]
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = st, body = body, count = 2 }
+            if st == 401 then -- one refresh and one retry: answer both
+                sim:fault{ method = "GET", path = VARS, kind = "status", status = st, body = body, count = 2 }
+            end
+            local r, msg, code = c:get(A1, "dev")
+            local meta = c:last_meta()
+            assert.is_nil(r, st)
+            local _, wmsg, wcode = core.wire_response("get", st, {}, body,
+                { client_id = D.client_id, attempts = meta.attempts })
+            assert.same({ code, msg }, { wcode, wmsg })
+            sim:curl("DELETE", "/_sim/faults")
+        end
+    end)
+
     describe("webhooks", function()
         local wr = dofile(simlib.ROOT .. "/examples/webhook_receiver.lua")
 

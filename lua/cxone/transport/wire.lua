@@ -303,7 +303,7 @@ function Transport:_call(op, ropts, payload)
             if not delay then
                 return done(status, wire.wire_response(op, status, hdrs, body, {
                     client_id = self.client_id, secrets = { self.secrets[1], self.secrets[2], tok },
-                    payload = payload }))
+                    payload = payload, attempts = attempts }))
             end
         end
         if delay > 0 or status ~= 401 then
