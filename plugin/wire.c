@@ -430,14 +430,11 @@ int cxone_wire_answer(lua_State *L, int expect, long status, int bad_etag, const
 
 const char *cxone_wire_quoted(long status, int webhook, const char **alt)
 {
-    *alt = NULL;
-    if (status == 403 && !webhook) return "required_scope";
-    if (status >= 400 && status < 500 && status != 429
-        && (webhook || (status != 401 && status != 404 && status != 409 && status != 412))) {
-        *alt = "error";
-        return "message";
-    }
-    return NULL;
+    int client_error = status >= 400 && status < 500 && status != 429;
+    int api_own = status == 401 || status == 403 || status == 404 || status == 409 || status == 412;
+    int quotes_message = client_error && (webhook || !api_own);
+    *alt = quotes_message ? "error" : NULL;
+    return status == 403 && !webhook ? "required_scope" : quotes_message ? "message" : NULL;
 }
 
 const char *cxone_wire_failure(long status, int attempts, int webhook, const char *client_id,
