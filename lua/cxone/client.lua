@@ -141,11 +141,12 @@ end
 function Client:vars(action, tier)
     local t, err = self.tiers:resolve(tier)
     if not t then return nil, err, "invalid" end
-    local r, err, meta = self.core:get(action, t.id)
+    local r, msg, meta_or_code = self.core:get(action, t.id)
     if not r then
         note_latency(self, self.core:last_meta())
-        return nil, err, meta -- the code
+        return nil, msg, meta_or_code
     end
+    local meta = meta_or_code
     note_latency(self, meta)
     r.meta = meta
     r.etag = meta and meta.etag
