@@ -104,31 +104,9 @@ T.test("guard: bad bodies get 422 and never reach the sim, good ones are forward
     local hp = start_haproxy({ base = sim1 })
     local ok, e = pcall(function()
         local tok = T.token(sim1)
-        local patches = L.route_count(sim1, L.PATCH_ROUTE)
         local bad = { actionId = T.CRM, environmentId = "prod",
                       variables = { { name = "lower", value = CANARY, masked = true } } }
-        local r = T.request({ url = hp.url }, "PATCH", T.vars(T.CRM, "prod"), { body = bad, token = tok })
-        T.eq(r.status, 422, "bad body refused")
-        T.ok(r.json and #r.json.violations >= 1, "violations listed: " .. r.body)
-        T.ok(not r.body:find(CANARY, 1, true), "the value is never echoed")
-        local other_env = '{"actionId":"' .. T.CRM .. '","environmentId":"prod","variables":[]}'
-        local m = T.request({ url = hp.url }, "PATCH", T.vars(T.CRM, "dev"), { body = other_env, token = tok })
-        T.eq(m.status, 422, "a body for another environment than the URL's is refused")
-        T.ok(m.body:find("url_mismatch", 1, true), m.body)
-        T.eq(L.route_count(sim1, L.PATCH_ROUTE), patches, "the sim saw no PATCH")
-        sim1:fault({ method = "PATCH", kind = "echo" })
-        local good = '{"actionId":"' .. T.CRM .. '","environmentId":"dev","variables":[{"name":"GUARD_OK","value":"2","masked":false}]}'
-        local g = T.request({ url = hp.url }, "PATCH", T.vars(T.CRM, "dev"), { body = good, token = tok })
-        T.eq(g.status, 422, "the echo fault answered")
-        T.ok(g.body:find(T.json.encode(good):sub(2, -2), 1, true) or g.body:find(good, 1, true),
-            "forwarded unchanged: " .. g.body)
-        -- the admin plan: what would change, masked values never shown
-        local step = { action = T.CRM, tier = "production", baseline = "staging",
-                       variables = { TIMEOUT_MS = "3000", NEW_KEY = { value = CANARY, masked = true } } }
-        local pl = T.request({ url = hp.url }, "POST", "/admin/plan", { body = step })
-        T.eq(pl.status, 200, "plan answered: " .. pl.body)
-        T.eq(pl.json.changes, 2, "one change and one addition")
-        T.ok(not pl.body:find(CANARY, 1, true), "the masked value is not in the plan")
+        local _, patches = L.check_guard(sim1, hp.url, tok, bad, 1, CANARY, "2")
         local w = hp:get("/test/write")
         T.eq(w.json and w.json.code, "unsupported", "a write through cxone.haproxy is refused: " .. w.body)
         T.ok(w.json.error:find("PATCH", 1, true), "the message says why")

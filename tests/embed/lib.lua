@@ -153,4 +153,40 @@ function L.ping_stays_prompt(sim, slow_url, ping_url)
     T.eq(bg.wait(), 10, "the delayed calls all completed")
 end
 
+--- The write guard in front of the sim, as both hosts serve it at `url`: `bad` (a PATCH body for
+-- prod holding `canary` as a masked value) gets 422 with at least `min_violations` violations and
+-- never the value; a body for another environment than the URL's and a non-JSON body get 422 too;
+-- none reaches the sim. Then a good body for dev (GUARD_OK = `value`) is forwarded byte for byte
+-- (the sim's echo fault quotes it), and /admin/plan shows a step's changes without the canary.
+-- Returns the good body, and the sim's PATCH count before the forwarded one.
+function L.check_guard(sim, url, tok, bad, min_violations, canary, value)
+    local patches = L.route_count(sim, L.PATCH_ROUTE)
+    local r = T.request({ url = url }, "PATCH", T.vars(T.CRM, "prod"), { body = bad, token = tok })
+    T.eq(r.status, 422, "bad body refused")
+    T.ok(r.json and #r.json.violations >= min_violations, "every violation listed: " .. r.body)
+    T.ok(not r.body:find(canary, 1, true), "the value is never echoed")
+    local other_env = '{"actionId":"' .. T.CRM .. '","environmentId":"prod","variables":[]}'
+    local m = T.request({ url = url }, "PATCH", T.vars(T.CRM, "dev"), { body = other_env, token = tok })
+    T.eq(m.status, 422, "a body for another environment than the URL's is refused")
+    T.ok(m.body:find("url_mismatch", 1, true), m.body)
+    local nj = T.request({ url = url }, "PATCH", T.vars(T.CRM, "prod"), { body = "{not json", token = tok })
+    T.eq(nj.status, 422, "not JSON refused")
+    T.eq(L.route_count(sim, L.PATCH_ROUTE), patches, "the sim saw no PATCH")
+    sim:fault({ method = "PATCH", kind = "echo" })
+    local good = '{"actionId":"' .. T.CRM .. '","environmentId":"dev","variables":[{"name":"GUARD_OK","value":"'
+        .. value .. '","masked":false}]}'
+    local g = T.request({ url = url }, "PATCH", T.vars(T.CRM, "dev"), { body = good, token = tok })
+    T.eq(g.status, 422, "the echo fault answered")
+    T.ok(g.body:find(T.json.encode(good):sub(2, -2), 1, true) or g.body:find(good, 1, true),
+        "forwarded unchanged: " .. g.body)
+    -- the admin plan: what would change, masked values never shown
+    local step = { action = T.CRM, tier = "production", baseline = "staging",
+                   variables = { TIMEOUT_MS = "3000", NEW_KEY = { value = canary, masked = true } } }
+    local pl = T.request({ url = url }, "POST", "/admin/plan", { body = step })
+    T.eq(pl.status, 200, "plan answered: " .. pl.body)
+    T.eq(pl.json.changes, 2, "one change and one addition")
+    T.ok(not pl.body:find(canary, 1, true), "the masked value is not in the plan")
+    return good, patches
+end
+
 return L
