@@ -435,6 +435,17 @@ local function audit(self, rec)
     return hash
 end
 
+-- Appends a record of a run: the report keeps the trail's new head, or its first audit error.
+local function audit_run(self, rep, rec)
+    local head, err = audit(self, rec)
+    if head then
+        if head ~= "" then rep.head = head end
+    else
+        rep.audit_error = rep.audit_error or err
+    end
+    return head, err
+end
+
 local function webhook(self, event)
     local url = self.cfg.webhook_url
     if not url then return nil end
@@ -457,7 +468,7 @@ local function record(self, rep, i, out)
     local plan = rep.plans[i]
     local names = plan:names()
     local status = out.ok and (out.build_error and "build_failed" or "success") or "failure"
-    local head, aerr = audit(self, {
+    local _, aerr = audit_run(self, rep, {
         event = "apply", run_id = rep.run_id, action_id = plan.action, environment = plan.tier.id,
         tier = plan.tier.name, variables = names,
         drift_count = plan.drift and plan.drift:count() or nil, changes = plan.changes,
@@ -468,11 +479,6 @@ local function record(self, rep, i, out)
         build_status = out.build_id and "queued" or (out.build_error and "failed") or nil,
         etag = out.meta and out.meta.etag or nil, reconciled = out.reconciled or nil,
     })
-    if head then
-        if head ~= "" then rep.head = head end
-    else
-        rep.audit_error = rep.audit_error or aerr
-    end
     local l = ledger(self)
     if out.ok and plan.changes > 0 then
         local clear = {}
@@ -668,14 +674,9 @@ end
 
 local function end_run(self, rep)
     local c = rep.counts
-    local head, err = audit(self, { event = "apply.finished", run_id = rep.run_id, applied = c.applied,
+    audit_run(self, rep, { event = "apply.finished", run_id = rep.run_id, applied = c.applied,
         failed = c.failed, steps = #rep.steps,
         status = (c.failed == 0 and c.not_attempted == 0) and "success" or "failure" })
-    if head then
-        if head ~= "" then rep.head = head end
-    else
-        rep.audit_error = rep.audit_error or err
-    end
     local l = ledger(self)
     local ok, lerr = l:flush()
     if ok then ok, lerr = l:compact() end
