@@ -134,6 +134,17 @@ static int known_code(const char *c)
     return 0;
 }
 
+/* A failure at r: nil, a message that passes check_message, a known code. */
+static void check_failure(lua_State *L, int r, const char *fn, const uint8_t *body, size_t bl)
+{
+    FUZZ_CHECK(lua_isnil(L, r), "%s returned %s", fn, luaL_typename(L, r));
+    size_t ml;
+    const char *m = lua_tolstring(L, r + 1, &ml);
+    FUZZ_CHECK(m, "no message");
+    FUZZ_CHECK(known_code(lua_tostring(L, r + 2)), "unknown code %s", lua_tostring(L, r + 2));
+    check_message(L, m, ml, body, bl);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 3) return 0;
@@ -184,12 +195,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             lua_getfield(L, r, "expires_in");
             FUZZ_CHECK(lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0, "expires_in not positive");
         } else {
-            FUZZ_CHECK(lua_isnil(L, r), "wire_token_response returned %s", luaL_typename(L, r));
-            size_t ml;
-            const char *m = lua_tolstring(L, r + 1, &ml);
-            FUZZ_CHECK(m, "no message");
-            FUZZ_CHECK(known_code(lua_tostring(L, r + 2)), "unknown code %s", lua_tostring(L, r + 2));
-            check_message(L, m, ml, body, bl);
+            check_failure(L, r, "wire_token_response", body, bl);
         }
     } else {
         fuzz_push_core(L, "wire_response");
@@ -235,12 +241,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                        "a result whose %s is a %s", build ? "buildId" : "variables", luaL_typename(L, -1));
             lua_pop(L, 1);
         } else {
-            FUZZ_CHECK(lua_isnil(L, r), "wire_response returned %s", luaL_typename(L, r));
-            size_t ml;
-            const char *m = lua_tolstring(L, r + 1, &ml);
-            FUZZ_CHECK(m, "no message");
-            FUZZ_CHECK(known_code(lua_tostring(L, r + 2)), "unknown code %s", lua_tostring(L, r + 2));
-            check_message(L, m, ml, body, bl);
+            check_failure(L, r, "wire_response", body, bl);
         }
     }
 
