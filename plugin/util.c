@@ -148,19 +148,22 @@ cxone_buf *cxone_buf_push(lua_State *L)
 
 int cxone_scrub_cut(const char *s, size_t *n, const cxone_span *secrets, size_t ns)
 {
-    size_t best = *n;
-    for (size_t i = 0; i < ns; i++) {
-        const cxone_span *c = &secrets[i];
-        if (c->n < CXONE_SCRUB_PREFIX_MIN) continue;
-        /* the longest proper start of the secret that ends the text */
-        size_t k = c->n - 1 < *n ? c->n - 1 : *n;
-        for (; k >= CXONE_SCRUB_PREFIX_MIN; k--)
-            if (memcmp(s + *n - k, c->p, k) == 0) break;
-        if (k >= CXONE_SCRUB_PREFIX_MIN && *n - k < best) best = *n - k;
+    int cut = 0;
+    for (;;) { /* until no start ends it: what a cut uncovers may be one too ("…Tk9vTk9vY2") */
+        size_t best = *n;
+        for (size_t i = 0; i < ns; i++) {
+            const cxone_span *c = &secrets[i];
+            if (c->n < CXONE_SCRUB_PREFIX_MIN) continue;
+            /* the longest proper start of the secret that ends the text */
+            size_t k = c->n - 1 < *n ? c->n - 1 : *n;
+            for (; k >= CXONE_SCRUB_PREFIX_MIN; k--)
+                if (memcmp(s + *n - k, c->p, k) == 0) break;
+            if (k >= CXONE_SCRUB_PREFIX_MIN && *n - k < best) best = *n - k;
+        }
+        if (best == *n) return cut;
+        *n = best;
+        cut = 1;
     }
-    if (best == *n) return 0;
-    *n = best;
-    return 1;
 }
 
 void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span *secrets, size_t ns)

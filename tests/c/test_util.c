@@ -247,6 +247,10 @@ static void test_scrub(void)
     CHECK(cxone_scrub_cut(cut, &n, spans, 4) == 1 && n == 10);
     n = 12;
     CHECK(cxone_scrub_cut("0123456789ab", &n, spans, 4) == 0 && n == 12);
+    /* a start that a cut uncovers is cut too (found by fuzz_response) */
+    static const char twice[] = "0123456789s3cr\xc3\xa9t-vs3cr\xc3\xa9t-va";
+    n = sizeof twice - 1;
+    CHECK(cxone_scrub_cut(twice, &n, spans, 4) == 1 && n == 10);
 }
 
 /* The watcher itself sees a plain free of an unwiped block (so the test above can fail). */
