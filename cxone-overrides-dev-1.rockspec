@@ -26,6 +26,8 @@ build = {
         ["cxone.core"] = {
             sources = {
                 "plugin/core.c",
+                "plugin/buf.c",
+                "plugin/scrub.c",
                 "plugin/util.c",
                 "plugin/json.c",
                 "plugin/validate.c",
