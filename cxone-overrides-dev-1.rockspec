@@ -28,6 +28,7 @@ build = {
                 "plugin/core.c",
                 "plugin/buf.c",
                 "plugin/scrub.c",
+                "plugin/pace.c",
                 "plugin/util.c",
                 "plugin/json.c",
                 "plugin/validate.c",
