@@ -360,9 +360,11 @@ int cx_pacer_take(cx_pacer *p, double now, double asked, double *wake)
         p->tat = (p->tat > now ? p->tat : now) + t;
     }
     /* paced_s is wall time: the part of [asked, now] not counted for an earlier request */
-    if (asked < p->paced_mark) asked = p->paced_mark;
-    if (asked < now) p->paced_s += now - asked;
-    if (now > p->paced_mark) p->paced_mark = now;
+    if (asked < now) { /* this request was held: count what no earlier held one counted */
+        if (asked < p->paced_mark) asked = p->paced_mark;
+        if (asked < now) p->paced_s += now - asked;
+        if (now > p->paced_mark) p->paced_mark = now;
+    }
     p->taken++;
     /* the observed send rate, over windows of OBS_WINDOW seconds */
     if (isnan(p->obs_start)) {
