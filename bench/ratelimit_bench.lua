@@ -1,7 +1,8 @@
 -- The client under a rate limit: `cxone apply --yes` of 100 single-step promotions to production
 -- (baseline staging, bench/ratelimit_playbook.lua) against `cxone-sim --rate-limit R/s`, with and
 -- without ETags, REPS runs per mode (BENCH_RL_REPS, default 3; BENCH_RL_RATE, default 20;
--- BENCH_RL_STEPS, default 100; BENCH_RL_CONCURRENCY, default the client's own). Prints medians of: wall seconds, API requests sent (reads and
+-- BENCH_RL_STEPS, default 100; BENCH_RL_CONCURRENCY, default the client's own; BENCH_RL_HEADERS
+-- and BENCH_RL_RESET, the sim's --rate-limit-headers and --rate-limit-reset, default all, delta). Prints medians of: wall seconds, API requests sent (reads and
 -- writes; not the token request, not builds), how many of them got 429 and their share, API
 -- requests per step, and wall / (requests / R), which is 1.0 for a client that sends exactly at
 -- the limit. Every run's `cxone apply` exit status is printed; a failed run is marked.
@@ -17,6 +18,8 @@ local REPS = tonumber(os.getenv("BENCH_RL_REPS") or "") or 3
 local RATE = tonumber(os.getenv("BENCH_RL_RATE") or "") or 20
 local STEPS = tonumber(os.getenv("BENCH_RL_STEPS") or "") or 100
 local CONCURRENCY = os.getenv("BENCH_RL_CONCURRENCY") or ""
+local HEADERS = os.getenv("BENCH_RL_HEADERS") or "all"
+local RESET = os.getenv("BENCH_RL_RESET") or "delta"
 local TIMEOUT = tonumber(os.getenv("BENCH_RL_TIMEOUT") or "") or 60 -- seconds one apply may take (then: failed)
 local SCOPES = { "integration:actions:read", "integration:actions:write", "integration:actions:admin" }
 
@@ -52,7 +55,8 @@ local function delta(s0, s1)
              tokens = d("token", "requests"), limited = d("read", "rate_limited") + d("write", "rate_limited") }
 end
 
-local sim = simlib.start({ args = { "--rate-limit", RATE .. "/s" } })
+local sim = simlib.start({ args = { "--rate-limit", RATE .. "/s", "--rate-limit-headers", HEADERS,
+                                    "--rate-limit-reset", RESET } })
 
 -- One apply from a fresh data set and a full bucket; returns the run's figures.
 local function run(etag, rep)
@@ -93,9 +97,9 @@ local function run(etag, rep)
     return m
 end
 
-io.write(("cxone apply --yes: %d single-step promotions to production (baseline staging) against\n"
-    .. "cxone-sim --rate-limit %s/s, concurrency %s; medians of %d runs per mode\n"):format(STEPS, RATE,
-    CONCURRENCY ~= "" and CONCURRENCY or "the client's default", REPS))
+io.write(("cxone apply --yes: %d single-step promotions to production (baseline staging), concurrency %s,\n"
+    .. "against cxone-sim --rate-limit %s/s (headers: %s, reset: %s); medians of %d runs per mode\n"):format(STEPS,
+    CONCURRENCY ~= "" and CONCURRENCY or "the client's default", RATE, HEADERS, RESET, REPS))
 local rows = {}
 for _, etag in ipairs({ true, false }) do
     local runs = {}
