@@ -92,17 +92,19 @@ function M.load(path)
     if type(book.steps) ~= "table" then
         return nil, path .. ": `steps` must be a list of steps", "invalid"
     end
-    local copy = { path = path, steps = book.steps, concurrency = book.concurrency, drift = book.drift }
+    -- a bare list of steps may carry the drift lists too: `return { drift = {...}, {step}, ... }`
+    local copy = { path = path, steps = book.steps, concurrency = book.concurrency,
+                   drift = book.drift or (book.steps == res and res.drift or nil) }
     if book.steps ~= res then
         for k in pairs(res) do
             if not BOOK_KEYS[k] then
                 return nil, ("%s: unknown playbook key %q (steps, concurrency, drift)"):format(path, tostring(k)), "invalid"
             end
         end
-        if book.drift ~= nil then
-            local derr = check_drift(book.drift, "drift")
-            if derr then return nil, path .. ": " .. derr, "invalid" end
-        end
+    end
+    if copy.drift ~= nil then
+        local derr = check_drift(copy.drift, "drift")
+        if derr then return nil, path .. ": " .. derr, "invalid" end
     end
     return copy
 end
