@@ -21,8 +21,8 @@ commands:
   sim [flags]                    run cxone-sim (flags as the simulator's; --help there)
   repl                           explore interactively: `client` built from CXONE_*, help()
   completion [bash|zsh|fish]     print a shell completion script
-  help [COMMAND]                 this text, or a command's
 
+`cxone help COMMAND` (or `cxone COMMAND --help`) prints a command's help.
 options (every command): --help, --json (machine output on stdout)
 exit status: 0 success, 1 error, 2 changes pending (plan) or drift (drift), 64 usage error
   --format text|json|markdown on plan, apply and drift (markdown: tables for a pull-request

@@ -541,7 +541,10 @@ local function batch(self, rep, idx, make, opts)
 end
 
 local function conflict_msg(plan, why)
-    return ("%s %s: conflict: %s"):format(plan.action, plan.tier.id, why)
+    why = tostring(why)
+    -- the transport's own message may already name the code ("conflict (HTTP 412): ...")
+    local code = why:sub(1, 8) == "conflict" and "" or "conflict: "
+    return ("%s %s: %s%s"):format(plan.action, plan.tier.id, code, why)
 end
 
 -- Decides what a failed write means by reading the target again: applied (it holds exactly
