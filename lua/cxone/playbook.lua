@@ -131,13 +131,23 @@ local function check_variables(vars)
     if list_keys > 0 and map_keys > 0 then
         return "variables mixes a list of entries with NAME = value pairs; use one form"
     end
+    -- every env() left unset, each naming its variable
+    local unset = {}
     for k, v in pairs(vars) do
         local where = list_keys > 0 and ("variables[%d]"):format(k) or ("variables.%s"):format(tostring(k))
-        if M.is_unset(v) then return where .. ": " .. unset_message(v) end
-        if type(v) == "table" and M.is_unset(rawget(v, "value")) then
+        if M.is_unset(v) then
+            unset[#unset + 1] = where .. ": " .. unset_message(v)
+        elseif type(v) == "table" and M.is_unset(rawget(v, "value")) then
             local name = type(rawget(v, "name")) == "string" and ("variables." .. v.name) or where
-            return name .. ".value: " .. unset_message(v.value)
+            unset[#unset + 1] = name .. ".value: " .. unset_message(v.value)
         end
+    end
+    if #unset > 0 then
+        table.sort(unset)
+        return table.concat(unset, "; ")
+    end
+    for k, v in pairs(vars) do
+        local where = list_keys > 0 and ("variables[%d]"):format(k) or ("variables.%s"):format(tostring(k))
         if list_keys > 0 and type(v) ~= "table" then
             return where .. " must be a table {name = , value = , masked = }"
         end
