@@ -406,7 +406,7 @@ function commands.drift(ctx, args)
     if bad then return ctx:fail(bad, "invalid") end
     local c = client(ctx)
     if not c then return 1 end
-    local r, err, code = c:drift(action, base, target, drift_opts(ctx))
+    local r, err, code = require("cxone.drift").between(c, action, base, target, drift_opts(ctx))
     if not r then
         local tier = c.tiers:resolve(tostring(err):match("^%S+ (%S+):") or "")
         err = hint(c, code, err, action, tier and tier.id)

@@ -156,21 +156,16 @@ end
 --- Compares two tiers of an action: a cxone.DriftReport (tostring renders it). Masked values
 -- both tiers show as *** are compared by the keyed fingerprints our writes left in the ledger:
 -- trusted while the target's ETag is the one our write produced; without ETags the report
--- says it relied on the ledger ("assumed equal, written by run ..."), unless opts.strict.
--- @tparam string action the action id (a UUID, checked before any request)
--- @tparam string baseline a tier name or environment id
--- @tparam string target a tier name or environment id
--- @tparam[opt] table opts `ignore`, `expect_differ` (lists of variable names), `strict`
+-- says it relied on the ledger ("assumed equal, written by run ..."). For ignore and
+-- expect_differ lists and strict mode, see `cxone.drift.between(client, action, baseline,
+-- target, opts)`.
 -- @treturn[1] cxone.DriftReport
 -- @treturn[2] fail
-function Client:drift(action, baseline, target, opts)
+function Client:drift(action, baseline, target)
     if type(action) ~= "string" then
         error("bad argument #1 to 'drift' (action id string expected, got " .. type(action) .. ")", 2)
     end
-    if opts ~= nil and type(opts) ~= "table" then
-        error("bad argument #4 to 'drift' (table expected, got " .. type(opts) .. ")", 2)
-    end
-    return drift.between(self, action, baseline, target, opts)
+    return drift.between(self, action, baseline, target)
 end
 
 -- ledger ----------------------------------------------------------------------------------------
