@@ -171,7 +171,12 @@ describe("cxone drift as a CI gate", function()
         apply()
         code, out = cxone({ "drift", dir .. "/book.lua" }, env)
         assert.equals(0, code, out)
+        assert.matches("step 2: drift playbook → production", out, 1, true)
         assert.matches("Drift: none in 2 steps.", out, 1, true)
+        code, out = cxone({ "drift", "--format", "markdown", dir .. "/book.lua" }, env)
+        assert.equals(0, code)
+        assert.matches("\n#### Step 2: Drift playbook → production (`" .. A1 .. "`)\n", out, 1, true)
+        assert.matches("| = | `CRM_API_KEY` | `***` | `***` | equal", out, 1, true)
         -- the masked value in the playbook changed: drift on both steps, the value never shown
         local e = sim_env(sim, dir)
         e.GATE_KEY = OTHER

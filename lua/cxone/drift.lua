@@ -173,9 +173,9 @@ function Report:render(opts)
     opts = opts or {}
     local paint = render.painter(opts.color)
     local lines = {}
-    local heading = "drift"
+    local heading = self.step and ("step %d: drift"):format(self.step) or "drift"
     if self.baseline or self.target then
-        heading = ("drift %s → %s"):format(tostring(self.baseline or "baseline"), tostring(self.target or "target"))
+        heading = ("%s %s → %s"):format(heading, tostring(self.baseline or "baseline"), tostring(self.target or "target"))
     end
     if self.action then heading = heading .. " (" .. tostring(self.action) .. ")" end
     lines[1] = paint("bold", heading)
@@ -228,6 +228,7 @@ end
 -- job summaries. Masked values show as `***`.
 function Report:markdown()
     local heading = ("Drift %s → %s"):format(tostring(self.baseline or "baseline"), tostring(self.target or "target"))
+    if self.step then heading = ("Step %d: "):format(self.step) .. heading end
     if self.action then heading = heading .. " (`" .. tostring(self.action) .. "`)" end
     local lines = { "#### " .. heading, "" }
     if #self.items == 0 and #self.accepted == 0 and #self.same == 0 then
@@ -461,7 +462,7 @@ end
 
 function Book:render(opts)
     local out = {}
-    for i, r in ipairs(self.reports) do out[i] = ("step %d: "):format(i) .. r:render(opts) end
+    for i, r in ipairs(self.reports) do out[i] = r:render(opts) end
     local n, with = self:count(), 0
     for _, r in ipairs(self.reports) do if r:count() > 0 then with = with + 1 end end
     out[#out + 1] = n == 0 and ("Drift: none in %d step%s."):format(#self.reports, #self.reports == 1 and "" or "s")
@@ -473,7 +474,7 @@ function Book:__tostring() return self:render() end
 
 function Book:markdown()
     local out = { "### cxone drift" .. (self.path and (" `" .. render.md_text(self.path) .. "`") or ""), "" }
-    for i, r in ipairs(self.reports) do out[#out + 1] = ("Step %d. "):format(i) .. r:markdown() end
+    for _, r in ipairs(self.reports) do out[#out + 1] = r:markdown() end
     return table.concat(out, "\n")
 end
 
