@@ -254,10 +254,10 @@ describe("cxone CLI over TLS", function()
         e.CXONE_CA_FILE = dir .. "/other.pem"
         local code, _, err = cxone({ "vars", A1, "prod" }, e)
         assert.equals(1, code)
-        assert.matches("(CA file: " .. dir .. "/other.pem (CXONE_CA_FILE))", err, 1, true)
+        assert.matches("(tried " .. sim.url .. " with CA file: " .. dir .. "/other.pem (CXONE_CA_FILE))", err, 1, true)
         code, _, err = cxone({ "drift", A1, "staging", "prod" }, e)
         assert.equals(1, code)
-        assert.matches("(CA file: " .. dir .. "/other.pem (CXONE_CA_FILE))", err, 1, true)
+        assert.matches("(tried " .. sim.url .. " with CA file: " .. dir .. "/other.pem (CXONE_CA_FILE))", err, 1, true)
         -- and with the right one it works
         e.CXONE_CA_FILE = dir .. "/srv.pem"
         code = cxone({ "vars", A1, "prod" }, e)

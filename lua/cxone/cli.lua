@@ -151,9 +151,12 @@ end
 -- What was tried, for hints: the variables URL of an action and environment (the base URL
 -- without its query or fragment), and the CA file TLS used.
 local DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+local function base_url(c)
+    return (tostring(c.cfg.base_url or ""):gsub("[?#].*$", ""):gsub("/+$", ""))
+end
+
 local function api_url(c, action, env)
-    local base = tostring(c.cfg.base_url or ""):gsub("[?#].*$", ""):gsub("/+$", "")
-    return ("%s/api/v2/integration/actions/%s/environments/%s/variables"):format(base, action, env)
+    return ("%s/api/v2/integration/actions/%s/environments/%s/variables"):format(base_url(c), action, env)
 end
 M.api_url = api_url
 
@@ -169,8 +172,8 @@ local function hint(c, code, msg, action, env)
     msg = tostring(msg)
     if code == "not_found" and action and env and not msg:find("tried GET", 1, true) then
         return msg .. " (tried GET " .. api_url(c, action, env) .. ")"
-    elseif code == "tls" and not msg:find("CA file:", 1, true) then
-        return msg .. " (CA file: " .. ca_file(c) .. ")"
+    elseif code == "tls" and not msg:find("with CA file:", 1, true) then
+        return msg .. " (tried " .. base_url(c) .. " with CA file: " .. ca_file(c) .. ")"
     end
     return msg
 end
