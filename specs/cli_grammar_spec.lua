@@ -51,6 +51,7 @@ describe("cxone CLI grammar", function()
             { { "audit", "verify", "--head", "xyz", "f" }, "--head must be a hash of 64 hex digits" },
             { { "drift", "--format", "xml", A1, "staging", "prod" }, "'text', 'json', 'markdown'" },
             { { "help", "frob" }, "no help for unknown command 'frob'" },
+            { { "completion", "tcsh" }, "unknown shell 'tcsh': cxone completion takes bash, zsh or fish" },
             { {}, "usage: cxone <command>" },
         }
         for _, c in ipairs(cases) do

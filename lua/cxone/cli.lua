@@ -633,8 +633,8 @@ function commands.completion(ctx, args)
     local p = parser()
     local gen = { bash = p.get_bash_complete, zsh = p.get_zsh_complete, fish = p.get_fish_complete }
     if not gen[shell] then
-        ctx:err("completion: unknown shell %s (bash, zsh or fish)", tostring(shell))
-        return 1
+        return ctx:usage(("unknown shell '%s': cxone completion takes bash, zsh or fish"):format(tostring(shell)),
+            "completion")
     end
     io.stdout:write(gen[shell](p))
     return 0
