@@ -46,19 +46,20 @@ describe("cxone CLI", function()
         assert.equals(0, code)
         assert.matches("commands:", out, 1, true)
         code, _, err = cxone({ "frobnicate" })
-        assert.equals(1, code)
-        assert.matches("unknown command", err, 1, true)
+        assert.equals(64, code)
+        assert.matches("unknown command 'frobnicate'", err, 1, true)
     end)
 
-    it("options are checked: unknown ones, missing values, --format choices (exit 1)", function()
+    it("options are checked: unknown ones, missing values, --format choices (exit 64)", function()
         local code, _, err = cxone({ "plan", "--bogus", "x.lua" })
-        assert.equals(1, code)
-        assert.matches("unknown option '--bogus' (see cxone plan --help)", err, 1, true)
+        assert.equals(64, code)
+        assert.matches("unknown option '--bogus' for plan (it takes --format, --help, --json, --out) "
+            .. "(see cxone plan --help)", err, 1, true)
         code, _, err = cxone({ "audit", "verify", "--head" })
-        assert.equals(1, code)
+        assert.equals(64, code)
         assert.matches("'--head' requires an argument", err, 1, true)
         code, _, err = cxone({ "drift", "--format", "xml", "a", "b", "c" })
-        assert.equals(1, code)
+        assert.equals(64, code)
         assert.matches("'text', 'json', 'markdown'", err, 1, true)
     end)
 
@@ -181,6 +182,10 @@ return { { action = %q, tier = "staging", variables = { MD_FLAG = "a b", MD_KEY 
         code, _, err = cxone({ "drift", A1, "staging", "qa" }, env)
         assert.equals(1, code)
         assert.matches("unknown tier", err, 1, true)
+        -- the other form: a playbook's steps against their live targets
+        code, out = cxone({ "drift", dir .. "/plain.lua" }, env)
+        assert.equals(2, code)
+        assert.matches("- CLI_FLAG  \"on\" → (absent)", out, 1, true) -- the playbook would add it
     end)
 
     it("validate lists every violation (exit 1) and accepts a good payload (exit 0)", function()

@@ -124,4 +124,65 @@ describe("drift", function()
         assert.equal(1, r:counts().unverifiable)
         assert.matches("no drift", tostring(cxone.drift({}, {})))
     end)
+
+    describe("ignore, expect_differ and proofs of masked values", function()
+        local function proof(map)
+            return function(name)
+                local p = map[name]
+                if type(p) == "table" then return p end
+                return nil, p or "no record"
+            end
+        end
+        local base = { v("A", "1"), v("B", "x"), v("K", "***", true), v("GONE", "g") }
+        local target = { v("A", "2"), v("B", "y"), v("K", "***", true) }
+
+        it("ignored variables never count; expected ones count only if present on one side", function()
+            local r = cxone.drift(base, target, nil, { ignore = { "A" }, expect_differ = { "B", "GONE" } })
+            local m = by_name(r.items)
+            assert.is_nil(m.A)
+            assert.is_nil(m.B)
+            assert.equal("missing_variable", m.GONE.drift_type) -- absence is drift even when expected to differ
+            assert.equal("unverifiable", m.K.drift_type)
+            assert.equal(2, r:count())
+            local acc = by_name(r.accepted)
+            assert.equal("ignore", acc.A.accepted)
+            assert.equal("expect_differ", acc.B.accepted)
+            assert.matches("(1 ignored, 1 expected to differ)", tostring(r), 1, true)
+            assert.equal(2, r:totable().drift)
+        end)
+
+        it("equal fingerprints trusted by ETag: no drift; different ones: value_mismatch", function()
+            local fp = "v2:" .. ("a"):rep(64)
+            local r = cxone.drift({ v("K", "***", true) }, { v("K", "***", true) }, nil, { proofs = {
+                baseline = proof({ K = { fp = fp, basis = "etag" } }), target = proof({ K = { fp = fp, basis = "etag" } }) } })
+            assert.equal(0, r:count())
+            assert.same({ { variable = "K", basis = "etag" } }, r.same)
+            r = cxone.drift({ v("K", "***", true) }, { v("K", "***", true) }, nil, { proofs = {
+                baseline = proof({ K = { fp = fp, basis = "etag" } }),
+                target = proof({ K = { fp = "v2:" .. ("b"):rep(64), basis = "etag" } }) } })
+            assert.equal(1, r:count())
+            assert.equal("value_mismatch", r.items[1].drift_type)
+            assert.equal("***", r.items[1].baseline)
+        end)
+
+        it("a ledger-only proof is 'assumed equal, written by run ...', unverifiable when strict", function()
+            local fp = "v2:" .. ("c"):rep(64)
+            local proofs = { baseline = proof({ K = { fp = fp, basis = "ledger", run = "run1" } }),
+                             target = proof({ K = { fp = fp, basis = "ledger", run = "run2" } }) }
+            local r = cxone.drift({ v("K", "***", true) }, { v("K", "***", true) }, nil, { proofs = proofs })
+            assert.equal(0, r:count())
+            assert.matches("assumed equal, written by run run1 and run run2", tostring(r), 1, true)
+            r = cxone.drift({ v("K", "***", true) }, { v("K", "***", true) }, nil, { proofs = proofs, strict = true })
+            assert.equal(1, r:count())
+            assert.equal("unverifiable", r.items[1].drift_type)
+            assert.matches("--strict", tostring(r), 1, true)
+        end)
+
+        it("a side without a proof stays unverifiable, saying why", function()
+            local r = cxone.drift({ v("K", "***", true) }, { v("K", "***", true) }, nil, { proofs = {
+                baseline = proof({ K = { fp = "v2:x", basis = "etag" } }), target = proof({ K = "prod changed since" }) } })
+            assert.equal("unverifiable", r.items[1].drift_type)
+            assert.matches("prod changed since", tostring(r), 1, true)
+        end)
+    end)
 end)

@@ -83,11 +83,12 @@ local USAGE = "usage: cxone audit verify [--head HASH] [--after HASH] [--json] F
 
 --- `cxone audit verify [--head HASH] [--after HASH] [--json] FILE...`: ctx is the CLI context
 -- (ctx:out, ctx:err, ctx.json, ctx.flags); returns the exit status: 0 intact, 1 failed
--- verification (or unreadable), 2 usage. The key comes from CXONE_AUDIT_KEY.
+-- verification (or a file missing or unreadable: an error naming the file), 64 usage. The key
+-- comes from CXONE_AUDIT_KEY.
 function M.command(ctx, args)
     if args[1] ~= "verify" or not args[2] then
         ctx:err("%s", USAGE)
-        return 2
+        return 64
     end
     local opts = { report = true }
     for _, name in ipairs({ "head", "after" }) do
@@ -96,13 +97,23 @@ function M.command(ctx, args)
             v = tostring(v):lower()
             if not v:match(HASH_PATTERN) then
                 ctx:err("--%s must be a hash of 64 hex digits", name)
-                return 2
+                return 64
             end
             opts[name] = v
         end
     end
     local files = {}
-    for i = 2, #args do files[#files + 1] = args[i] end
+    for i = 2, #args do
+        local f, ferr = io.open(args[i], "rb")
+        if not f then
+            local msg = "cannot read audit trail " .. tostring(ferr)
+            ctx:err("%s", msg)
+            if ctx.json then emit_json(ctx, { ok = false, error = msg, code = "io" }) end
+            return 1
+        end
+        f:close()
+        files[#files + 1] = args[i]
+    end
     local r = M.verify(files, opts)
     if ctx.json then
         emit_json(ctx, { ok = r.ok, records = r.records, first_seq = r.first_seq or core.null,

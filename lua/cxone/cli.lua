@@ -15,13 +15,16 @@ commands:
   apply PLAN.json                apply a plan saved by plan --out, exactly
   validate FILE.json             check an override payload (exit 0 valid, 1 invalid)
   drift ACTION BASELINE TARGET   compare two tiers of an action (exit 0 none, 2 drift, 1 error)
+  drift PLAYBOOK.lua             is every step's target what the playbook would produce?
   vars ACTION TIER               list an environment's variables (masked values as ***)
   audit verify FILE...           verify an audit trail's chain (--head/--after HASH)
   sim [flags]                    run cxone-sim (flags as the simulator's; --help there)
   repl                           explore interactively: `client` built from CXONE_*, help()
   completion [bash|zsh|fish]     print a shell completion script
 
+`cxone help COMMAND` (or `cxone COMMAND --help`) prints a command's help.
 options (every command): --help, --json (machine output on stdout)
+exit status: 0 success, 1 error, 2 changes pending (plan) or drift (drift), 64 usage error
   --format text|json|markdown on plan, apply and drift (markdown: tables for a pull-request
   comment or a CI job summary; --json is --format json)
 settings: CXONE_BASE_URL, CXONE_TOKEN_URL, CXONE_CLIENT_ID, CXONE_CLIENT_SECRET,
@@ -34,7 +37,7 @@ local HELP = {
     plan = "usage: cxone plan [--out PLAN.json] PLAYBOOK.lua [--json]\n"
         .. "Plans every step of the playbook (a dry run: nothing is written).\n"
         .. "--out saves the plan (no secret in it) for `cxone apply PLAN.json`.\n"
-        .. "Exit status: 0 nothing to change, 2 changes pending, 1 error.\n",
+        .. "Exit status: 0 nothing to change, 2 changes pending, 1 error, 64 usage.\n",
     apply = "usage: cxone apply PLAYBOOK.lua [--yes] [--json]\n"
         .. "       cxone apply PLAN.json [--json]\n"
         .. "Plans every step first (any failure: nothing written), shows the plan, asks, and then\n"
@@ -42,18 +45,32 @@ local HELP = {
         .. "A saved plan (cxone plan --out) is applied without asking, after checking that the\n"
         .. "playbook it names still holds the same values.\n"
         .. "Without a terminal, --yes is required for a playbook.\n"
-        .. "Exit status: 0 applied (or nothing to do), 1 error or conflict.\n",
+        .. "Exit status: 0 applied (or nothing to do), 1 error or conflict, 64 usage.\n",
     validate = "usage: cxone validate FILE.json [--json]\n"
         .. "Validates a payload {actionId, environmentId, variables}; prints every violation.\n"
-        .. "Exit status: 0 valid, 1 invalid or unreadable.\n",
-    drift = "usage: cxone drift ACTION BASELINE_TIER TARGET_TIER [--json]\n"
-        .. "Exit status: 0 no drift, 2 drift, 1 error.\n",
-    vars = "usage: cxone vars ACTION TIER [--json]\nLists the variables (masked values as ***).\n",
+        .. "Exit status: 0 valid, 1 invalid or unreadable, 64 usage.\n",
+    drift = "usage: cxone drift ACTION BASELINE_TIER TARGET_TIER [options]\n"
+        .. "       cxone drift PLAYBOOK.lua [options]\n"
+        .. "The first form compares two tiers of an action; the second asks, for every step of the\n"
+        .. "playbook, whether the live target is what the playbook would produce (the baseline's\n"
+        .. "values merged with the step's, or the step's alone where it has no baseline).\n"
+        .. "Masked values are compared by keyed fingerprints of our own writes (the ledger): trusted\n"
+        .. "while the target's ETag is the one our write produced; without ETags the report says\n"
+        .. "\"assumed equal, written by run ...\".\n"
+        .. "  --ignore NAME          never count NAME as drift (repeatable)\n"
+        .. "  --expect-differ NAME   NAME may hold different values (repeatable); still drift if\n"
+        .. "                         it is missing on one side or its masked flag differs\n"
+        .. "  --strict               values only our ledger vouches for (no ETags) are unverifiable\n"
+        .. "  --json, --format text|json|markdown\n"
+        .. "A playbook (or a step) may carry drift = {ignore = {...}, expect_differ = {...}}.\n"
+        .. "Exit status: 0 no drift, 2 drift, 1 error, 64 usage.\n",
+    vars = "usage: cxone vars ACTION TIER [--json]\nLists the variables (masked values as ***).\n"
+        .. "Exit status: 0 listed, 1 error, 64 usage.\n",
     audit = "usage: cxone audit verify [--head HASH] [--after HASH] [--json] FILE...\n"
         .. "Verifies a trail's chain; give rotated files oldest first. --head: the trail must end at\n"
         .. "HASH (a cut tail fails); --after: it continues from HASH (else it must start at seq 1).\n"
         .. "CXONE_AUDIT_KEY: the HMAC key of a keyed trail (required to verify one).\n"
-        .. "Exit status: 0 intact, 1 broken or unreadable, 2 usage.\n",
+        .. "Exit status: 0 intact, 1 broken or unreadable, 64 usage.\n",
     sim = "usage: cxone sim [flags]\nRuns cxone-sim (CXONE_SIM_BIN, or build/lua5.4/sim/cxone-sim"
         .. " next to this tree) with the given flags.\n",
     repl = "usage: cxone repl\nAn interactive Lua session with `cxone` loaded and `client` built from CXONE_*:\n"
@@ -66,9 +83,10 @@ local function is_tty(fd)
     return require("cxone.core").isatty(fd)
 end
 
-local function json()
-    return require("cjson.safe")
-end
+-- Exit status of a usage error in every command (sysexits' EX_USAGE): never 2, which means
+-- changes pending (plan) or drift (drift).
+local EXIT_USAGE = 64
+M.EXIT_USAGE = EXIT_USAGE
 
 local Ctx = {}
 Ctx.__index = Ctx
@@ -80,9 +98,26 @@ end
 
 function Ctx:out(s) io.stdout:write(s, "\n") end
 
+-- A failure: the message on stderr and, with --json, the document {ok = false, error, code}
+-- on stdout. Returns the exit status (default 1).
+function Ctx:fail(msg, code, status)
+    msg = tostring(msg)
+    self:err("%s", msg)
+    if self.json then self:emit({ ok = false, error = msg, code = code }) end
+    return status or 1
+end
+
+-- A usage error naming the command's help; exit 64.
+function Ctx:usage(msg, cmd)
+    self:err("%s (see cxone %s--help)", msg, cmd and (cmd .. " ") or "")
+    if self.json then self:emit({ ok = false, error = msg, code = "usage" }) end
+    return EXIT_USAGE
+end
+
+-- JSON on stdout, through the core's encoder: an empty list is [] (cjson would write {}), and a
+-- table marked {__jsontype = "object"} is {}.
 function Ctx:emit(tbl)
-    local j = json()
-    local s, e = j.encode(tbl)
+    local s, e = require("cxone.core").json_encode(tbl)
     if not s then
         self:err("cannot encode JSON: %s", tostring(e))
         return
@@ -107,11 +142,76 @@ end
 local function client(ctx, opts)
     local c, msg, code = require("cxone.client").new(opts)
     if not c then
-        ctx:err("%s", tostring(msg))
-        if ctx.json then ctx:emit({ ok = false, error = msg, code = code }) end
+        ctx:fail(msg, code)
         return nil
     end
     return c
+end
+
+-- What was tried, for hints: the variables URL of an action and environment (the base URL
+-- without its query or fragment), and the CA file TLS used.
+local DEFAULT_CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+local function base_url(c)
+    return (tostring(c.cfg.base_url or ""):gsub("[?#].*$", ""):gsub("/+$", ""))
+end
+
+local function api_url(c, action, env)
+    return ("%s/api/v2/integration/actions/%s/environments/%s/variables"):format(base_url(c), action, env)
+end
+M.api_url = api_url
+
+local function ca_file(c)
+    if c.cfg.ca_file then return c.cfg.ca_file .. " (CXONE_CA_FILE)" end
+    local f = io.open(DEFAULT_CA_BUNDLE, "rb")
+    if f then f:close(); return DEFAULT_CA_BUNDLE .. " (the default; set CXONE_CA_FILE for a private CA)" end
+    return "libcurl's default (set CXONE_CA_FILE for a private CA)"
+end
+
+-- A failure's message with what was tried: the URL for a 404, the CA file for TLS.
+local function hint(c, code, msg, action, env)
+    msg = tostring(msg)
+    if code == "not_found" and action and env and not msg:find("tried GET", 1, true) then
+        return msg .. " (tried GET " .. api_url(c, action, env) .. ")"
+    elseif code == "tls" and not msg:find("with CA file:", 1, true) then
+        return msg .. " (tried " .. base_url(c) .. " with CA file: " .. ca_file(c) .. ")"
+    end
+    return msg
+end
+
+-- Failures that do not depend on the step (credentials, trust, the connection): shown once.
+local SHARED = { auth = true, scope = true, tls = true, network = true, timeout = true, refused = true,
+                 config = true, rate_limited = true }
+
+-- The preflight failure of a report, each distinct cause once: failures every step shares
+-- (bad credentials, TLS) are one line, not one per step; a 404 names the URL tried.
+local function preflight_message(c, rep)
+    local lines, groups, order, failed = {}, {}, {}, 0
+    for _, e in ipairs(rep.steps) do
+        if e.status == "preflight_failed" then
+            failed = failed + 1
+            local msg = tostring(e.error)
+            local a, env, rest = msg:match("^GET (%S+) (%S+): (.*)$")
+            if a and SHARED[e.code] then
+                if not groups[rest] then
+                    groups[rest] = { steps = {}, code = e.code, action = a, env = env }
+                    order[#order + 1] = rest
+                end
+                table.insert(groups[rest].steps, e.index)
+            else
+                if a then msg = ("GET %s %s: %s"):format(a, env, hint(c, e.code, rest, a, env)) end
+                lines[#lines + 1] = ("step %d (%s %s): %s"):format(e.index, tostring(e.action), tostring(e.tier), msg)
+            end
+        end
+    end
+    for _, rest in ipairs(order) do
+        local g = groups[rest]
+        local who = #g.steps == 1 and ("step " .. g.steps[1])
+            or #g.steps == failed and ("every step (%d)"):format(#g.steps)
+            or ("steps " .. table.concat(g.steps, ", "))
+        lines[#lines + 1] = who .. ": " .. hint(c, g.code, rest, g.action, g.env)
+    end
+    if #lines == 0 then return tostring(rep.message) end
+    return "preflight failed, nothing written:\n  " .. table.concat(lines, "\n  ")
 end
 
 -- A progress line on stderr for runs that cover many steps: rewritten in place on a
@@ -167,35 +267,20 @@ local function apply_saved(ctx, path)
     if not c then return 1 end
     local rep, err, code = require("cxone.planfile").load(path, c)
     if not rep then
-        ctx:err("cannot apply %s: %s", path, tostring(err))
-        if ctx.json then ctx:emit({ ok = false, error = tostring(err), code = code }) end
-        return 1
+        c:close()
+        return ctx:fail(("cannot apply %s: %s"):format(path, tostring(err)), code)
     end
     show_plans(ctx, rep)
     return apply_report(ctx, c, rep)
 end
 
 local function run_playbook(ctx, path, dry)
-    if not path then
-        ctx:err("missing PLAYBOOK.lua (see cxone %s --help)", dry and "plan" or "apply")
-        return 1
-    end
     local planfile = require("cxone.planfile")
     if not dry and planfile.is_plan(path) then return apply_saved(ctx, path) end
-    if dry == false and ctx.flags.out then
-        ctx:err("--out belongs to plan: cxone plan --out PLAN.json PLAYBOOK.lua, then cxone apply PLAN.json")
-        return 1
-    end
-    local book, err = require("cxone.playbook").load(path)
-    if not book then
-        ctx:err("cannot load playbook: %s", tostring(err))
-        if ctx.json then ctx:emit({ ok = false, error = tostring(err), code = "invalid" }) end
-        return 1
-    end
+    local book, err, code = require("cxone.playbook").load(path)
+    if not book then return ctx:fail("cannot load playbook: " .. tostring(err), code or "invalid") end
     if not dry and not ctx.flags.yes and not is_tty(0) then
-        ctx:err("refusing to apply without a terminal to confirm on: pass --yes")
-        if ctx.json then ctx:emit({ ok = false, error = "confirmation required (--yes)", code = "refused" }) end
-        return 1
+        return ctx:fail("refusing to apply without a terminal to confirm on: pass --yes", "refused")
     end
     local c = client(ctx)
     if not c then return 1 end
@@ -204,8 +289,14 @@ local function run_playbook(ctx, path, dry)
     show_warnings(ctx, c)
     show_plans(ctx, rep)
     if rep.preflight_failed then
-        ctx:err("%s", rep.message)
-        if ctx.json then ctx:emit(rep:totable()) end
+        local msg = preflight_message(c, rep)
+        ctx:err("%s", msg)
+        if ctx.json then
+            local doc = rep:totable()
+            doc.ok, doc.error = false, msg
+            ctx:emit(doc)
+        end
+        c:close()
         return 1
     end
     local pending = #rep:pending()
@@ -214,8 +305,8 @@ local function run_playbook(ctx, path, dry)
         if ctx.flags.out then
             local digest, serr = planfile.save(ctx.flags.out, rep, { playbook = path, client = c })
             if not digest then
-                ctx:err("cannot save the plan: %s", tostring(serr))
-                return 1
+                c:close()
+                return ctx:fail("cannot save the plan: " .. tostring(serr), "io")
             end
             ctx:err("saved the plan to %s (digest %s); apply it with: cxone apply %s",
                 ctx.flags.out, digest:sub(1, 16), ctx.flags.out)
@@ -241,71 +332,117 @@ local commands = {}
 function commands.plan(ctx, args) return run_playbook(ctx, args[1], true) end
 function commands.apply(ctx, args) return run_playbook(ctx, args[1], false) end
 
+-- A violation as JSON gives it: {path, code, message}.
+local function violation(path, code, message) return { path = path, code = code, message = message } end
+
 function commands.validate(ctx, args)
     local path = args[1]
-    if not path then ctx:err("missing FILE.json"); return 1 end
+    local function bad(v, text)
+        ctx:err("%s", text)
+        if ctx.json then ctx:emit({ valid = false, violations = { v } }) end
+        return 1
+    end
     local f, err = io.open(path, "r")
-    if not f then ctx:err("%s", err); return 1 end
+    if not f then return bad(violation("", "io", tostring(err)), tostring(err)) end
     local src = f:read("*a")
     f:close()
     local core = require("cxone.core")
     local ok, doc, derr = pcall(core.json_decode, src)
     if not ok or doc == nil then
-        local msg = ("%s: not valid JSON: %s"):format(path, tostring(ok and derr or doc))
-        ctx:err("%s", msg)
-        if ctx.json then ctx:emit({ valid = false, violations = { msg } }) end
-        return 1
+        local msg = "not valid JSON: " .. tostring(ok and derr or doc)
+        return bad(violation("", "format", msg), path .. ": " .. msg)
     end
     if type(doc) ~= "table" then
-        ctx:err("%s: a payload must be a JSON object", path)
-        if ctx.json then ctx:emit({ valid = false, violations = { "not an object" } }) end
-        return 1
+        return bad(violation("", "type", "a payload must be a JSON object"), path .. ": a payload must be a JSON object")
     end
     local valid, violations = require("cxone.validate").check(doc, { tiers = require("cxone.tiers").new() })
     if valid then
-        if ctx.json then ctx:emit({ valid = true, violations = {} }) else ctx:out(path .. ": valid") end
+        if ctx.json then
+            ctx:emit({ valid = true, violations = setmetatable({}, { __jsontype = "array" }) })
+        else
+            ctx:out(path .. ": valid")
+        end
         return 0
     end
     local list = {}
-    local text = tostring(violations)
-    for line in text:gmatch("[^\n]+") do list[#list + 1] = line end
+    for i, v in ipairs(violations) do
+        list[i] = violation(tostring(v.path or ""), tostring(v.code or "invalid"), tostring(v.message or v))
+    end
     if ctx.json then
         ctx:emit({ valid = false, violations = list })
     else
-        ctx:out(path .. ": " .. #list .. " violation" .. (#list == 1 and "" or "s"))
-        for _, l in ipairs(list) do ctx:out("  " .. l) end
+        local text = {}
+        for line in tostring(violations):gmatch("[^\n]+") do text[#text + 1] = line end
+        ctx:out(path .. ": " .. #text .. " violation" .. (#text == 1 and "" or "s"))
+        for _, l in ipairs(text) do ctx:out("  " .. l) end
     end
     return 1
 end
 
-function commands.drift(ctx, args)
-    local action, base, target = args[1], args[2], args[3]
-    if not (action and base and target) then
-        ctx:err("usage: cxone drift ACTION BASELINE_TIER TARGET_TIER")
-        return 1
-    end
+-- The --ignore/--expect-differ/--strict options of drift.
+local function drift_opts(ctx)
+    return { ignore = ctx.flags.ignore, expect_differ = ctx.flags.expect_differ, strict = ctx.flags.strict == true }
+end
+
+local function drift_playbook(ctx, path)
+    local book, err, code = require("cxone.playbook").load(path)
+    if not book then return ctx:fail("cannot load playbook: " .. tostring(err), code or "invalid") end
     local c = client(ctx)
     if not c then return 1 end
-    local r, err = c:drift(action, base, target)
-    if not r then ctx:err("%s", tostring(err)); return 1 end
-    ctx:show(r)
+    local r, derr, dcode = require("cxone.drift").playbook(c, book, drift_opts(ctx))
+    if not r then
+        local msg = tostring(derr)
+        local step, a, env, rest = msg:match("^(step %d+ %(.-%): )GET (%S+) (%S+): (.*)$")
+        if step then msg = ("%sGET %s %s: %s"):format(step, a, env, hint(c, dcode, rest, a, env)) end
+        c:close()
+        return ctx:fail(msg, dcode)
+    end
+    c:close()
+    ctx:show(r, { ok = true })
+    return r:count() > 0 and 2 or 0
+end
+
+function commands.drift(ctx, args)
+    if #args == 1 then return drift_playbook(ctx, args[1]) end
+    local action, base, target = args[1], args[2], args[3]
+    local bad = require("cxone.drift").check_action(action)
+    if bad then return ctx:fail(bad, "invalid") end
+    local c = client(ctx)
+    if not c then return 1 end
+    local r, err, code = require("cxone.drift").between(c, action, base, target, drift_opts(ctx))
+    if not r then
+        local tier = c.tiers:resolve(tostring(err):match("^%S+ (%S+):") or "")
+        err = hint(c, code, err, action, tier and tier.id)
+        c:close()
+        return ctx:fail(err, code)
+    end
+    c:close()
+    ctx:show(r, { ok = true })
     return r:count() > 0 and 2 or 0
 end
 
 function commands.vars(ctx, args)
     local action, tier = args[1], args[2]
-    if not (action and tier) then ctx:err("usage: cxone vars ACTION TIER"); return 1 end
+    local bad = require("cxone.drift").check_action(action)
+    if bad then return ctx:fail(bad, "invalid") end
     local c = client(ctx)
     if not c then return 1 end
-    local r, err = c:vars(action, tier)
-    if not r then ctx:err("%s %s: %s", action, tier, tostring(err)); return 1 end
+    local r, err, code = c:vars(action, tier)
+    if not r then
+        local t = c.tiers:resolve(tier)
+        err = hint(c, code, err, action, t and t.id)
+        c:close()
+        return ctx:fail(("%s %s: %s"):format(action, tier, tostring(err)), code)
+    end
+    c:close()
     local vars = {}
     for i, v in ipairs(r.variables or {}) do
         vars[i] = { name = v.name, value = v.masked and "***" or v.value, masked = v.masked == true,
                     description = v.description }
     end
     if ctx.json then
-        ctx:emit({ action = action, environment = r.environmentId, etag = r.etag, variables = vars })
+        ctx:emit({ ok = true, action = action, environment = r.environmentId, etag = r.etag,
+                   variables = setmetatable(vars, { __jsontype = "array" }) })
         return 0
     end
     local render = require("cxone.render")
@@ -359,8 +496,8 @@ end
 -- scripts it generates. Help texts stay ours (USAGE, HELP), so `--help` reads the same.
 local COMMANDS = {
     plan = { "--out", "--format" }, apply = { "--yes", "--format" }, validate = {},
-    drift = { "--format" }, vars = {}, audit = { "--head", "--after" }, sim = false, repl = {},
-    completion = {},
+    drift = { "--format", "--ignore", "--expect-differ", "--strict" }, vars = {},
+    audit = { "--head", "--after" }, sim = false, repl = {}, completion = {}, help = {},
 }
 local OPTION = {
     ["--out"] = { "--out", "save the plan for `cxone apply PLAN.json`", arg = "PLAN.json" },
@@ -368,6 +505,16 @@ local OPTION = {
     ["--yes"] = { "-y --yes", "apply without asking", flag = true },
     ["--head"] = { "--head", "the hash the trail must end at", arg = "HASH" },
     ["--after"] = { "--after", "the hash the trail continues from", arg = "HASH" },
+    ["--ignore"] = { "--ignore", "never count this variable as drift (repeatable)", arg = "NAME", many = true },
+    ["--expect-differ"] = { "--expect-differ", "this variable may differ (repeatable)", arg = "NAME", many = true },
+    ["--strict"] = { "--strict", "values only our ledger vouches for are unverifiable", flag = true },
+}
+-- The positional arguments each command takes: counts allowed, and how they are named.
+local ARITY = {
+    plan = { 1, 1, "PLAYBOOK.lua" }, apply = { 1, 1, "PLAYBOOK.lua or PLAN.json" },
+    validate = { 1, 1, "FILE.json" }, drift = { 1, 3, "ACTION BASELINE TARGET, or PLAYBOOK.lua", only = { 1, 3 } },
+    vars = { 2, 2, "ACTION TIER" }, audit = { 2, math.huge, "verify FILE..." }, repl = { 0, 0, "no argument" },
+    completion = { 0, 1, "[bash|zsh|fish]" }, help = { 0, 1, "[COMMAND]" },
 }
 
 local function parser()
@@ -395,6 +542,7 @@ local function parser()
                     local opt = c:option(spec[1], spec[2])
                     if spec.choices then opt:choices(spec.choices) end
                     if spec.arg then opt:argname(spec.arg) end
+                    if spec.many then opt:count("*") end
                 end
             end
         end
@@ -403,13 +551,90 @@ local function parser()
     return p
 end
 
+-- Edit distance (Levenshtein) between two short strings.
+local function distance(a, b)
+    local prev = {}
+    for j = 0, #b do prev[j] = j end
+    for i = 1, #a do
+        local cur = { [0] = i }
+        for j = 1, #b do
+            local cost = a:sub(i, i) == b:sub(j, j) and 0 or 1
+            cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+        end
+        prev = cur
+    end
+    return prev[#b]
+end
+
+-- The candidate closest to `word` (compared without leading dashes), if close enough.
+local function nearest(word, candidates)
+    local w = word:gsub("^%-+", ""):lower()
+    local best, bestd
+    for _, c in ipairs(candidates) do
+        local d = distance(w, (c:gsub("^%-+", "")))
+        if (not bestd or d < bestd) and (d <= 2 or (#w >= 3 and c:gsub("^%-+", ""):sub(1, #w) == w)) then
+            best, bestd = c, d
+        end
+    end
+    return best
+end
+M.nearest = nearest
+
+-- The options one command accepts: name → takes a value.
+local function options_of(cmd)
+    local out = { ["-h"] = false, ["--help"] = false, ["--json"] = false }
+    for _, o in ipairs(COMMANDS[cmd] or {}) do
+        local spec = OPTION[o]
+        for name in spec[1]:gmatch("%S+") do out[name] = not spec.flag end
+    end
+    return out
+end
+
+-- Checks a command's options before argparse sees them (argparse reads `-out` as `-o -u -t` and
+-- suggests `-h`): nil, or the usage error naming the argument and one that exists.
+local function check_options(cmd, list)
+    local known = options_of(cmd)
+    local longs = {}
+    for name in pairs(known) do if name:sub(1, 2) == "--" then longs[#longs + 1] = name end end
+    table.sort(longs)
+    local i = 2
+    while i <= #list do
+        local a = list[i]
+        if a == "--" then return nil end
+        if a:sub(1, 1) == "-" and a ~= "-" then
+            local name = a:match("^([^=]+)")
+            if known[name] == nil then
+                local msg = ("unknown option '%s' for %s"):format(a, cmd)
+                local near = nearest(name, longs)
+                if near then return msg .. (": did you mean '%s'?"):format(near) end
+                for other, opts in pairs(COMMANDS) do
+                    if other ~= cmd and opts and options_of(other)[name] ~= nil then
+                        return msg .. (" (it belongs to cxone %s)"):format(other)
+                    end
+                end
+                return msg .. " (it takes " .. table.concat(longs, ", ") .. ")"
+            end
+            if known[name] and not a:find("=", 1, true) then i = i + 1 end
+        end
+        i = i + 1
+    end
+    return nil
+end
+
+local function command_names()
+    local names = {}
+    for name in pairs(COMMANDS) do names[#names + 1] = name end
+    table.sort(names)
+    return names
+end
+
 function commands.completion(ctx, args)
     local shell = args[1] or "bash"
     local p = parser()
     local gen = { bash = p.get_bash_complete, zsh = p.get_zsh_complete, fish = p.get_fish_complete }
     if not gen[shell] then
-        ctx:err("completion: unknown shell %s (bash, zsh or fish)", tostring(shell))
-        return 1
+        return ctx:usage(("unknown shell '%s': cxone completion takes bash, zsh or fish"):format(tostring(shell)),
+            "completion")
     end
     io.stdout:write(gen[shell](p))
     return 0
@@ -417,7 +642,19 @@ end
 HELP.completion = "usage: cxone completion [bash|zsh|fish]\n"
     .. "Prints a shell completion script, e.g. `source <(cxone completion bash)`.\n"
 
---- Runs the CLI with an argument list; returns the exit status.
+HELP.help = "usage: cxone help [COMMAND]\nPrints the list of commands, or a command's help (as cxone COMMAND --help).\n"
+
+-- `cxone help [COMMAND]`.
+local function help(ctx, list)
+    if #list > 2 then return ctx:usage(("unexpected argument '%s': cxone help takes one COMMAND"):format(list[3]), "help") end
+    local topic = list[2]
+    if topic == nil then io.stdout:write(USAGE); return 0 end
+    if HELP[topic] then io.stdout:write(HELP[topic]); return 0 end
+    local near = nearest(topic, command_names())
+    return ctx:usage(("no help for unknown command '%s'%s"):format(topic, near and (": did you mean '" .. near .. "'?") or ""))
+end
+
+--- Runs the CLI with an argument list; returns the exit status (64 for a usage error).
 function M.main(argv)
     -- the process holds the client secret, the token and masked values: no core dumps
     -- (tested in hostile_spec)
@@ -427,24 +664,31 @@ function M.main(argv)
     local list = {}
     for i = 1, #argv do list[i] = argv[i] end
     local cmd = list[1]
-    if cmd == "help" then list[1] = "--help" end
+    if cmd == "help" then return help(ctx, list) end
+    if cmd and cmd:sub(1, 1) ~= "-" and COMMANDS[cmd] == nil then
+        local near = nearest(cmd, command_names())
+        return ctx:usage(("unknown command '%s'%s"):format(cmd, near and (": did you mean '" .. near .. "'?") or ""))
+    end
+    if cmd and COMMANDS[cmd] then
+        for i = 2, #list do if list[i] == "--json" then ctx.json = true end end
+        local bad = check_options(cmd, list)
+        if bad then return ctx:usage(bad, cmd) end
+    end
     local ok, res = parser():pparse(list)
     if not ok then
-        if cmd and cmd:sub(1, 1) ~= "-" and COMMANDS[cmd] == nil then
-            ctx:err("unknown command %q (see cxone --help)", cmd)
-        else
-            ctx:err("%s (see cxone %s--help)", tostring(res), COMMANDS[cmd] ~= nil and (cmd .. " ") or "")
-        end
-        return 1
+        local msg = tostring(res):gsub("\nDid you mean.*$", "")
+        return ctx:usage(msg, COMMANDS[cmd] ~= nil and cmd or nil)
     end
+    ctx.json = nil
     cmd = res.command
     if not cmd then
         if res.version then
             io.stdout:write("cxone ", tostring(require("cxone.core")._VERSION), "\n")
             return 0
         end
-        io.stdout:write(USAGE)
-        return res.help and 0 or 1
+        if res.help then io.stdout:write(USAGE); return 0 end
+        io.stderr:write(USAGE)
+        return EXIT_USAGE
     end
     local args = res.args or {}
     local raw = {}
@@ -460,6 +704,19 @@ function M.main(argv)
     if ctx.flags.help then
         io.stdout:write(HELP[cmd])
         return 0
+    end
+    local arity = ARITY[cmd]
+    if arity then
+        local n = #args
+        if n < arity[1] then
+            return ctx:usage(("missing argument%s: cxone %s takes %s"):format(arity[1] - n == 1 and "" or "s",
+                cmd, arity[3]), cmd)
+        elseif n > arity[2] then
+            return ctx:usage(("unexpected argument '%s': cxone %s takes %s"):format(args[arity[2] + 1], cmd,
+                arity[3]), cmd)
+        elseif arity.only and n ~= arity.only[1] and n ~= arity.only[2] then
+            return ctx:usage(("cxone %s takes %s, not %d arguments"):format(cmd, arity[3], n), cmd)
+        end
     end
     local fok, status = pcall(commands[cmd], ctx, args, raw)
     if not fok then

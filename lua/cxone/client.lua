@@ -153,30 +153,33 @@ function Client:vars(action, tier)
     return r
 end
 
---- Compares two tiers of an action: a cxone.DriftReport (tostring renders it).
+--- Compares two tiers of an action: a cxone.DriftReport (tostring renders it). Masked values
+-- both tiers show as *** are compared by the keyed fingerprints our writes left in the ledger:
+-- trusted while the target's ETag is the one our write produced; without ETags the report
+-- says it relied on the ledger ("assumed equal, written by run ..."). For ignore and
+-- expect_differ lists and strict mode, see `cxone.drift.between(client, action, baseline,
+-- target, opts)`.
 -- @treturn[1] cxone.DriftReport
 -- @treturn[2] fail
 function Client:drift(action, baseline, target)
     if type(action) ~= "string" then
         error("bad argument #1 to 'drift' (action id string expected, got " .. type(action) .. ")", 2)
     end
-    local b, berr = self.tiers:resolve(baseline)
-    if not b then return nil, berr, "invalid" end
-    local t, terr = self.tiers:resolve(target)
-    if not t then return nil, terr, "invalid" end
-    local bv, bm, bc = self:vars(action, b.id)
-    if not bv then return nil, ("%s %s: %s"):format(action, b.name, tostring(bm)), bc end
-    local tv, tm, tc = self:vars(action, t.id)
-    if not tv then return nil, ("%s %s: %s"):format(action, t.name, tostring(tm)), tc end
-    return drift.compare(bv.variables, tv.variables, { baseline = b.name, target = t.name, action = action })
+    return drift.between(self, action, baseline, target)
 end
 
 -- ledger ----------------------------------------------------------------------------------------
 
-local function fingerprint(self, action, env, name, value)
+-- A keyed fingerprint of a masked value: "v2:" and HMAC-SHA-256, under a key derived from the
+-- client secret, of the name and value. It does not depend on the action or the tier, so the
+-- same value written to staging and production compares equal (`action` and `env` are kept in
+-- the signature for callers). Fingerprints without the "v2:" prefix (older versions hashed the
+-- action and tier in) never match one of these: such ledger entries count as unknown.
+local FP_LABEL = "cxone-masked-fingerprint/2"
+local function fingerprint(self, action, env, name, value) -- luacheck: ignore action env
     local key = self.cfg.client_secret or self.cfg.access_key_secret
-    if type(key) ~= "string" or type(value) ~= "string" then return nil end
-    return core.hmac_sha256(key, table.concat({ action, env, name, value }, "\0"))
+    if type(key) ~= "string" or type(name) ~= "string" or type(value) ~= "string" then return nil end
+    return "v2:" .. core.hmac_sha256(core.hmac_sha256(key, FP_LABEL), name .. "\0" .. value)
 end
 M.fingerprint = fingerprint
 
@@ -485,7 +488,7 @@ local function record(self, rep, i, out)
         for _, e in ipairs(plan.payload.variables) do
             if not e.masked then clear[#clear + 1] = e.name end
         end
-        l:note_write(plan.action, plan.tier.id, { prev = plan.etag, etag = out.meta and out.meta.etag,
+        l:note_write(plan.action, plan.tier.id, { prev = plan.etag, etag = out.meta and out.meta.etag, run = rep.run_id,
                                                   fp = plan.fingerprints, clear = clear })
     end
     if out.build_error then
@@ -533,7 +536,10 @@ local function batch(self, rep, idx, make, opts)
 end
 
 local function conflict_msg(plan, why)
-    return ("%s %s: conflict: %s"):format(plan.action, plan.tier.id, why)
+    why = tostring(why)
+    -- the transport's own message may already name the code ("conflict (HTTP 412): ...")
+    local code = why:sub(1, 8) == "conflict" and "" or "conflict: "
+    return ("%s %s: %s%s"):format(plan.action, plan.tier.id, code, why)
 end
 
 -- Decides what a failed write means by reading the target again: applied (it holds exactly

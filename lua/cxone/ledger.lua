@@ -44,11 +44,11 @@ local function fold(entries, ev)
     if type(k) ~= "string" then return end
     local cur = entries[k]
     if ev.op == "write" then
-        local fp = {}
-        if cur and ev.prev ~= nil and cur.etag == ev.prev then fp = copy(cur.fp) end
-        for _, name in ipairs(type(ev.clear) == "table" and ev.clear or {}) do fp[name] = nil end
-        for name, v in pairs(type(ev.fp) == "table" and ev.fp or {}) do fp[name] = v end
-        entries[k] = { etag = ev.etag, fp = fp, build = cur and cur.build or nil }
+        local fp, runs = {}, {}
+        if cur and ev.prev ~= nil and cur.etag == ev.prev then fp, runs = copy(cur.fp), copy(cur.runs) end
+        for _, name in ipairs(type(ev.clear) == "table" and ev.clear or {}) do fp[name], runs[name] = nil, nil end
+        for name, v in pairs(type(ev.fp) == "table" and ev.fp or {}) do fp[name], runs[name] = v, ev.run end
+        entries[k] = { etag = ev.etag, fp = fp, runs = runs, build = cur and cur.build or nil }
     elseif ev.op == "build_owed" then
         cur = cur or { fp = {} }
         cur.build = { key = ev.key }
@@ -69,7 +69,8 @@ local function parse(text)
             if v.format == FORMAT and type(v.entries) == "table" then
                 for k, e in pairs(v.entries) do
                     if type(e) == "table" then
-                        entries[k] = { etag = e.etag, fp = type(e.fp) == "table" and e.fp or {}, build = e.build }
+                        entries[k] = { etag = e.etag, fp = type(e.fp) == "table" and e.fp or {}, build = e.build,
+                                       runs = type(e.runs) == "table" and e.runs or {} }
                     end
                 end
             elseif v.op ~= nil then
@@ -141,11 +142,12 @@ function Ledger:_event(ev)
 end
 
 --- After a write: the ETag it produced (nil when the server gives none), the ETag it was
--- planned against, the fingerprints of the masked values sent and the names sent unmasked.
+-- planned against, the fingerprints of the masked values sent, the names sent unmasked and the run.
 function Ledger:note_write(action, env, info)
-    -- without an ETag nothing can vouch for a masked value later, so none is remembered
-    self:_event({ k = key(action, env), op = "write", prev = info.prev, etag = info.etag,
-                  fp = info.etag and info.fp or {}, clear = info.clear or {} })
+    -- without an ETag only this ledger vouches for a masked value later: planning never trusts
+    -- such a fingerprint (it re-sends); drift reports it as "assumed equal, written by run ..."
+    self:_event({ k = key(action, env), op = "write", prev = info.prev, etag = info.etag, run = info.run,
+                  fp = info.fp or {}, clear = info.clear or {} })
 end
 
 --- A build the write needed did not happen: the next run queues it (with this Idempotency-Key).
@@ -197,7 +199,8 @@ function Ledger:compact()
         self.entries = parse(text)
         local snap = { format = FORMAT, entries = setmetatable(copy(self.entries), { __jsontype = "object" }) }
         for k, e in pairs(snap.entries) do
-            snap.entries[k] = { etag = e.etag, fp = setmetatable(copy(e.fp), { __jsontype = "object" }), build = e.build }
+            snap.entries[k] = { etag = e.etag, fp = setmetatable(copy(e.fp), { __jsontype = "object" }), build = e.build,
+                                runs = setmetatable(copy(e.runs), { __jsontype = "object" }) }
         end
         local s, eerr = core.json_encode(snap)
         if not s then

@@ -1,6 +1,7 @@
 --- Playbooks: loading a playbook file and refusing, before any request, what it cannot mean.
 -- A playbook is a Lua file that returns a list of steps, or `{steps = {...}, concurrency = n}`.
--- It runs with the standard globals plus `env(name, default)`.
+-- It runs with the standard globals plus `env(name, default)`. A book or a step may carry
+-- `drift = {ignore = {NAMES}, expect_differ = {NAMES}}` for `cxone drift PLAYBOOK`.
 -- Works under Lua 5.1 (LuaJIT), 5.3 and 5.4.
 -- @module cxone.playbook
 
@@ -8,15 +9,58 @@ local tiers = require("cxone.tiers")
 
 local M = {}
 
-local STEP_KEYS = { action = true, tier = true, baseline = true, variables = true }
-local BOOK_KEYS = { steps = true, concurrency = true }
+local STEP_KEYS = { action = true, tier = true, baseline = true, variables = true, drift = true }
+local BOOK_KEYS = { steps = true, concurrency = true, drift = true }
 local ENTRY_KEYS = { name = true, value = true, masked = true, description = true }
+local DRIFT_KEYS = { ignore = true, expect_differ = true }
+
+-- What env(NAME) gives for an unset variable without a default: a marker naming it, so that
+-- the step and variable it was meant for are named before any request (nil would make a
+-- `NAME = env("X")` entry vanish from its table). Used in an expression, it raises naming X.
+local Unset = { __name = "cxone.UnsetEnv" }
+local function unset_error(u)
+    error(("environment variable %s is not set (env(%q) in the playbook): set it, or give a default as "
+        .. "env(%q, default)"):format(u.name, u.name, u.name), 3)
+end
+Unset.__concat = function(a, b) unset_error(getmetatable(a) == Unset and a or b) end
+Unset.__len = unset_error
+Unset.__index = function(u) unset_error(u) end
+Unset.__tostring = function(u) return ("env(%q) (unset)"):format(rawget(u, "name")) end
+
+--- True when v is what env(NAME) returned for an unset variable.
+function M.is_unset(v) return getmetatable(v) == Unset end
+
+local function unset_message(u)
+    local n = rawget(u, "name")
+    return ("environment variable %s is not set (env(%q)): set it, or give env(%q, default)"):format(n, n, n)
+end
 
 local function env(name, default)
     local v = os.getenv(name)
-    if v == nil or v == "" then return default end
+    if v == nil or v == "" then
+        if default ~= nil then return default end
+        return setmetatable({ name = tostring(name) }, Unset)
+    end
     return v
 end
+
+-- Checks a `drift = {ignore = {...}, expect_differ = {...}}` table: nil, or what is wrong.
+local function check_drift(d, where)
+    if type(d) ~= "table" then return where .. " must be a table {ignore = {...}, expect_differ = {...}}" end
+    for k, list in pairs(d) do
+        if not DRIFT_KEYS[k] then
+            return ("%s has an unknown key %q (ignore, expect_differ)"):format(where, tostring(k))
+        end
+        if type(list) ~= "table" then return ("%s.%s must be a list of variable names"):format(where, k) end
+        for i, n in pairs(list) do
+            if type(i) ~= "number" or type(n) ~= "string" then
+                return ("%s.%s must be a list of variable names"):format(where, k)
+            end
+        end
+    end
+    return nil
+end
+M.check_drift = check_drift
 
 --- Loads a playbook file. The chunk sees the standard globals and `env(NAME, default)`.
 -- @tparam string path
@@ -48,13 +92,19 @@ function M.load(path)
     if type(book.steps) ~= "table" then
         return nil, path .. ": `steps` must be a list of steps", "invalid"
     end
-    local copy = { path = path, steps = book.steps, concurrency = book.concurrency }
+    -- a bare list of steps may carry the drift lists too: `return { drift = {...}, {step}, ... }`
+    local copy = { path = path, steps = book.steps, concurrency = book.concurrency,
+                   drift = book.drift or (book.steps == res and res.drift or nil) }
     if book.steps ~= res then
         for k in pairs(res) do
             if not BOOK_KEYS[k] then
-                return nil, ("%s: unknown playbook key %q (steps, concurrency)"):format(path, tostring(k)), "invalid"
+                return nil, ("%s: unknown playbook key %q (steps, concurrency, drift)"):format(path, tostring(k)), "invalid"
             end
         end
+    end
+    if copy.drift ~= nil then
+        local derr = check_drift(copy.drift, "drift")
+        if derr then return nil, path .. ": " .. derr, "invalid" end
     end
     return copy
 end
@@ -80,6 +130,21 @@ local function check_variables(vars)
     end
     if list_keys > 0 and map_keys > 0 then
         return "variables mixes a list of entries with NAME = value pairs; use one form"
+    end
+    -- every env() left unset, each naming its variable
+    local unset = {}
+    for k, v in pairs(vars) do
+        local where = list_keys > 0 and ("variables[%d]"):format(k) or ("variables.%s"):format(tostring(k))
+        if M.is_unset(v) then
+            unset[#unset + 1] = where .. ": " .. unset_message(v)
+        elseif type(v) == "table" and M.is_unset(rawget(v, "value")) then
+            local name = type(rawget(v, "name")) == "string" and ("variables." .. v.name) or where
+            unset[#unset + 1] = name .. ".value: " .. unset_message(v.value)
+        end
+    end
+    if #unset > 0 then
+        table.sort(unset)
+        return table.concat(unset, "; ")
     end
     for k, v in pairs(vars) do
         local where = list_keys > 0 and ("variables[%d]"):format(k) or ("variables.%s"):format(tostring(k))
@@ -124,8 +189,15 @@ function M.problems(steps, matrix)
                 if not STEP_KEYS[k] then unknown[#unknown + 1] = k end
             end
             if #unknown > 0 then
-                bad(i, s, ("unknown key%s %s (a step has action, tier, baseline, variables)")
+                bad(i, s, ("unknown key%s %s (a step has action, tier, baseline, variables, drift)")
                     :format(#unknown == 1 and "" or "s", table.concat(unknown, ", ")))
+            end
+            for _, k in ipairs({ "action", "tier", "baseline" }) do
+                if M.is_unset(s[k]) then bad(i, s, k .. ": " .. unset_message(s[k])) end
+            end
+            if s.drift ~= nil then
+                local derr = check_drift(s.drift, "drift")
+                if derr then bad(i, s, derr) end
             end
             if type(s.action) ~= "string" then bad(i, s, "action must be an action id string") end
             local t, err = nil, nil
