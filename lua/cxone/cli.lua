@@ -60,8 +60,6 @@ local HELP = {
         .. "values print readably, tab completes, history in ~/.cxone_history (CXONE_HISTORY) keeps no secret.\n",
 }
 
-local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
-
 local function is_tty(fd)
     return require("cxone.core").isatty(fd)
 end
@@ -324,30 +322,8 @@ function commands.audit(ctx, args)
     return require("cxone.audit").command(ctx, args)
 end
 
-local function root_dir()
-    local src = debug.getinfo(1, "S").source
-    local dir = src:match("^@(.*)/lua/cxone/cli%.lua$")
-    return dir or "."
-end
-
 function commands.sim(ctx, args, raw)
-    local bin = os.getenv("CXONE_SIM_BIN")
-    if not bin or bin == "" then
-        -- the source tree's build, else the one installed beside this command, else PATH
-        local candidates = { root_dir() .. "/build/lua5.4/sim/cxone-sim" }
-        local here = arg and arg[0] and arg[0]:match("^(.*)/[^/]+$")
-        if here then candidates[2] = here .. "/cxone-sim" end
-        bin = "cxone-sim"
-        for _, c in ipairs(candidates) do
-            local f = io.open(c, "rb")
-            if f then f:close(); bin = c; break end
-        end
-    end
-    local parts = { shquote(bin) }
-    for _, a in ipairs(raw) do parts[#parts + 1] = shquote(a) end
-    local r, _, code = os.execute("exec " .. table.concat(parts, " "))
-    if type(r) == "number" then return r == 0 and 0 or 1 end
-    return r and 0 or (code or 1)
+    return require("cxone.sim").command(raw) -- exec: the emulator takes this process's place
 end
 
 function commands.repl()
