@@ -63,8 +63,10 @@ local function terminal_reader(session, history)
     if not ok or type(RL) ~= "table" or not RL.readline then return nil end
     RL.set_options({ histfile = "", auto_add = false, completion = true })
     if RL.set_readline_name then RL.set_readline_name("cxone") end
-    if RL.set_completion_append_character then RL.set_completion_append_character("") end
     RL.set_complete_function(function(text, from, to)
+        -- readline resets the character appended to a unique completion (a space) before each
+        -- completion: none, so `client:dr<Tab>` gives `client:drift`, ready for `(`
+        if RL.set_completion_append_character then RL.set_completion_append_character("") end
         local okc, res = pcall(function()
             local word = text:sub(from, to - 1)
             return session:complete(text:sub(1, to - 1), word, from)
