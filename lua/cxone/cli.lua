@@ -54,8 +54,8 @@ local HELP = {
         .. "HASH (a cut tail fails); --after: it continues from HASH (else it must start at seq 1).\n"
         .. "CXONE_AUDIT_KEY: the HMAC key of a keyed trail (required to verify one).\n"
         .. "Exit status: 0 intact, 1 broken or unreadable, 2 usage.\n",
-    sim = "usage: cxone sim [flags]\nRuns cxone-sim (CXONE_SIM_BIN, or build/lua5.4/sim/cxone-sim"
-        .. " next to this tree) with the given flags.\n",
+    sim = "usage: cxone sim [flags]\nRuns cxone-sim in place of this command (signals reach it) with the"
+        .. " given flags: CXONE_SIM_BIN, else the one beside cxone, else this tree's build, else PATH.\n",
     repl = "usage: cxone repl\nAn interactive Lua session with `cxone` loaded and `client` built from CXONE_*:\n"
         .. "values print readably, tab completes, history in ~/.cxone_history (CXONE_HISTORY) keeps no secret.\n",
 }
