@@ -1,7 +1,9 @@
 #!/bin/sh
 # `cmake --install` into a temp prefix, then the installed cxone runs from / with an empty
 # environment (env -i: no LUA_PATH, LUA_CPATH, PATH or HOME), finds its own modules, validates a
-# payload, and its man page and bash completion are where man and bash-completion look.
+# payload, prints the REPL's help for C functions from the installed cxone.repl.core_doc, runs
+# the cxone-sim installed beside it, and its man page and bash completion are where man and
+# bash-completion look.
 # usage: install_test.sh SRC_DIR BUILD_DIR (the Lua 5.4 tree)
 set -u
 SRC=$1
