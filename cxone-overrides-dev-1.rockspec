@@ -1,4 +1,4 @@
--- Builds the same C sources as CMakeLists.txt (tests/check_rockspec.sh keeps the lists equal).
+-- The rock of cxone-overrides, built by CMakeLists.txt itself (tests/check_rockspec.sh builds it offline).
 rockspec_format = "3.0"
 package = "cxone-overrides"
 version = "dev-1"
@@ -20,51 +20,17 @@ external_dependencies = {
     PCRE2 = { header = "pcre2.h" },
     CRYPTO = { header = "openssl/evp.h" },
 }
+-- One build for both paths: luarocks runs the project's own CMakeLists.txt (as luv's rockspec
+-- does), so the rock gets exactly what `cmake --install` gives: cxone.core, the cxone package,
+-- cxone.repl.core_doc (help for cxone.core's functions, generated from plugin/*.c by
+-- doc/extract_c.lua), bin/cxone and, for Lua 5.4, bin/cxone-sim (found by `cxone sim`).
 build = {
-    type = "builtin",
-    modules = {
-        ["cxone.core"] = {
-            sources = {
-                "plugin/core.c",
-                "plugin/buf.c",
-                "plugin/scrub.c",
-                "plugin/pace.c",
-                "plugin/json.c",
-                "plugin/util.c",
-                "plugin/validate.c",
-                "plugin/drift.c",
-                "plugin/audit.c",
-                "plugin/statefile.c",
-                "plugin/engine.c",
-                "plugin/curl_driver.c",
-                "plugin/config.c",
-                "plugin/answer.c",
-                "plugin/client.c",
-            },
-            defines = { "PCRE2_CODE_UNIT_WIDTH=8", "_GNU_SOURCE" },
-            libraries = { "curl", "pcre2-8", "crypto" },
-            incdirs = { "$(CURL_INCDIR)", "$(PCRE2_INCDIR)", "$(CRYPTO_INCDIR)", "/usr/include/lua5.1" },
-            libdirs = { "$(CURL_LIBDIR)", "$(PCRE2_LIBDIR)", "$(CRYPTO_LIBDIR)" },
-        },
-        ["cxone"] = "lua/cxone/init.lua",
-        ["cxone.tiers"] = "lua/cxone/tiers.lua",
-        ["cxone.payload"] = "lua/cxone/payload.lua",
-        ["cxone.validate"] = "lua/cxone/validate.lua",
-        ["cxone.drift"] = "lua/cxone/drift.lua",
-        ["cxone.audit"] = "lua/cxone/audit.lua",
-        ["cxone.render"] = "lua/cxone/render.lua",
-        ["cxone.client"] = "lua/cxone/client.lua",
-        ["cxone.plan"] = "lua/cxone/plan.lua",
-        ["cxone.playbook"] = "lua/cxone/playbook.lua",
-        ["cxone.planfile"] = "lua/cxone/planfile.lua",
-        ["cxone.ledger"] = "lua/cxone/ledger.lua",
-        ["cxone.report"] = "lua/cxone/report.lua",
-        ["cxone.cli"] = "lua/cxone/cli.lua",
-        ["cxone.repl"] = "lua/cxone/repl.lua",
-        ["cxone.transport.wire"] = "lua/cxone/transport/wire.lua",
-        ["cxone.transport.views"] = "lua/cxone/transport/views.lua",
-        ["cxone.haproxy"] = "lua/cxone/haproxy.lua",
-        ["resty.cxone"] = "lua/resty/cxone.lua",
+    type = "cmake",
+    variables = {
+        CMAKE_INSTALL_PREFIX = "$(PREFIX)",
+        CXONE_ROCK_LUA = "$(LUA)",
+        CXONE_INSTALL_LMOD = "$(LUADIR)",
+        CXONE_INSTALL_CMOD = "$(LIBDIR)",
+        CMAKE_BUILD_TYPE = "Release",
     },
-    install = { bin = { cxone = "bin/cxone" } },
 }

@@ -1,5 +1,9 @@
--- Gathers the /*** ... */ LDoc blocks of plugin/*.c into one C file documenting module cxone.core.
--- usage: lua5.4 doc/extract_c.lua OUT.c plugin/a.c plugin/b.c ...
+-- Gathers the /*** ... */ LDoc blocks of plugin/*.c: into one C file documenting module cxone.core
+-- (for LDoc), or with --lua into the data module cxone.repl.core_doc that `help(f)` in `cxone repl`
+-- reads (built by CMake and by the rockspec, installed with the package; cxone.repl.cdoc).
+-- usage: lua doc/extract_c.lua OUT.c plugin/a.c plugin/b.c ...
+--        lua doc/extract_c.lua --lua OUT.lua plugin/a.c plugin/b.c ...
+-- Runs under Lua 5.1 (LuaJIT), 5.3 and 5.4.
 -- LDoc 1.4.6 names a C file's module after its path unless the file says @module; the C
 -- sources document their functions but not the module, so the blocks are collected here.
 
@@ -17,14 +21,49 @@ local HEADER = [[
 
 local function blocks(path)
     local f = assert(io.open(path, "r"))
-    local text = f:read("a")
+    local text = f:read("*a")
     f:close()
     local out = {}
     for block in text:gmatch("/%*%*%*.-%*/") do out[#out + 1] = block end
     return out
 end
 
+local function write_file(path, text)
+    local f = assert(io.open(path, "w"))
+    assert(f:write(text))
+    assert(f:close())
+end
+
+-- --lua OUT.lua SOURCE.c...: the data module, through the parser the REPL itself uses.
+local function main_lua(args)
+    local here = (arg and arg[0] or ""):match("^(.*)/doc/[^/]*$") or "."
+    package.path = here .. "/lua/?.lua;" .. package.path
+    local cdoc = require("cxone.repl.cdoc")
+    local entries = {}
+    for i = 3, #args do
+        local f = assert(io.open(args[i], "r"))
+        local text = f:read("*a")
+        f:close()
+        for _, e in ipairs(cdoc.parse(text)) do entries[#entries + 1] = e end
+    end
+    if #entries == 0 then
+        io.stderr:write("extract_c.lua: no @function block found in the sources given\n")
+        return 1
+    end
+    local tmp = args[2] .. ".tmp"
+    write_file(tmp, cdoc.serialize(entries))
+    assert(os.rename(tmp, args[2]))
+    return 0
+end
+
 local function main(args)
+    if args[1] == "--lua" then
+        if #args < 3 then
+            io.stderr:write("usage: lua doc/extract_c.lua --lua OUT.lua SOURCE.c...\n")
+            return 2
+        end
+        return main_lua(args)
+    end
     local out_path = args[1]
     if not out_path or #args < 2 then
         io.stderr:write("usage: lua5.4 doc/extract_c.lua OUT.c SOURCE.c...\n")
@@ -38,9 +77,7 @@ local function main(args)
             for _, b in ipairs(found) do parts[#parts + 1] = b .. "\n" end
         end
     end
-    local f = assert(io.open(out_path, "w"))
-    assert(f:write(table.concat(parts, "\n")))
-    assert(f:close())
+    write_file(out_path, table.concat(parts, "\n"))
     return 0
 end
 

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <unistd.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
@@ -300,10 +301,45 @@ static int l_no_core_dumps(lua_State *L)
     return 1;
 }
 
+/***
+ * Replaces this process by a program (execvp: PATH is searched when file has no slash), keeping
+ * the process id, so a signal sent to the caller reaches the program itself and nothing is left
+ * running behind it. `cxone sim` runs the emulator this way. Returns only on failure.
+ * @function exec
+ * @tparam string file the program
+ * @tparam[opt] {string,...} args its arguments (argv[1], ...; argv[0] is file)
+ * @treturn fail (code "system") when the program cannot be run
+ */
+static int l_exec(lua_State *L)
+{
+    const char *file = luaL_checkstring(L, 1);
+    lua_Integer n = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        luaL_checktype(L, 2, LUA_TTABLE);
+        n = (lua_Integer)lua_rawlen(L, 2);
+    }
+    luaL_argcheck(L, n < 4096, 2, "too many arguments");
+    /* the argv array lives in a userdata (collected if exec fails); its strings stay in args */
+    const char **argv = lua_newuserdatauv(L, (size_t)(n + 2) * sizeof *argv, 0);
+    argv[0] = file;
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 2, i); /* args[i] on top */
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_argerror(L, 2, "arguments must be strings");
+        argv[i] = lua_tostring(L, -1);
+        lua_pop(L, 1);
+    }
+    argv[n + 1] = NULL;
+    fflush(NULL);
+    execvp(file, (char *const *)argv);
+    return cxone_fail(L, "system", "cannot run %s: %s", file, strerror(errno));
+}
+
 void cxone_util_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"no_core_dumps", l_no_core_dumps},
+        {"exec", l_exec},
         {"sha256", l_sha256},
         {"hmac_sha256", l_hmac_sha256},
         {"json_encode", l_json_encode},

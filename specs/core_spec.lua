@@ -36,6 +36,9 @@ describe("argument errors", function()
         { "json_encode", function() core.json_encode() end },
         { "json_decode", function() core.json_decode({}) end },
         { "client", function() core.client("x") end },
+        { "exec", function() core.exec({}) end },
+        { "exec args", function() core.exec("/bin/true", "x") end },
+        { "exec arg", function() core.exec("/bin/true", { "a", {} }) end },
         { "payload", function() cxone.payload(1, "production", {}) end },
         { "payload tier", function() cxone.payload("a", nil, {}) end },
         { "tiers.new", function() cxone.tiers.new({ { name = 1 } }) end },
@@ -47,6 +50,15 @@ describe("argument errors", function()
             assert.matches("bad argument #%d", tostring(err))
         end)
     end
+end)
+
+describe("exec", function()
+    it("a program that cannot be run is a failure (code system), and the process goes on", function()
+        local ok, msg, code = core.exec("/nonexistent/cxone-no-such-program", { "--help" })
+        assert.is_nil(ok)
+        assert.equal("system", code)
+        assert.matches("cannot run /nonexistent/cxone%-no%-such%-program", msg)
+    end)
 end)
 
 describe("json", function()
@@ -71,15 +83,25 @@ describe("json", function()
             assert.is_nil(ok); assert.is_string(msg); assert.equal("format", code)
         end
     end)
-    it("never crashes on random bytes", function()
+    it("never crashes on random bytes: each input decodes, or fails as nil, message, \"format\"", function()
         math.randomseed(42)
+        local failed = 0
+        local function check(s)
+            local v, msg, code = core.json_decode(s)
+            if v == nil then
+                failed = failed + 1
+                assert.is_string(msg)
+                assert.equal("format", code)
+            end
+        end
         for _ = 1, 2000 do
             local t = {}
             for i = 1, math.random(0, 40) do t[i] = string.char(math.random(0, 255)) end
-            core.json_decode(table.concat(t))
-            core.json_decode('{"a":[' .. table.concat(t) .. ']}')
+            check(table.concat(t))
+            check('{"a":[' .. table.concat(t) .. ']}')
         end
-        assert.is_true(true)
+        assert.is_true(failed > 0) -- random bytes are mostly not JSON: the failure path was taken
+        assert.same({ a = { 1 } }, core.json_decode('{"a":[1]}')) -- and the decoder still works
     end)
 end)
 

@@ -539,10 +539,29 @@ return {}
         assert.matches("contains ;", tostring(v), 1, true)
     end)
 
-    it("json_encode under LuaJIT treats numbers beyond 2^53 as floats (the range-checked shim)", function()
-        if not jit then return end
+    -- Under LuaJIT every number is a double and compat.h's range-checked lua_isinteger decides
+    -- what is an integer (the unchecked cast was undefined beyond 2^63); Lua 5.3/5.4 have
+    -- 64-bit integers beside their floats.
+    it("json_encode writes whole floats beyond 2^53 as floats, and 2^53 exactly", function()
         assert.equals("1.152921504606847e+18", core.json_encode(2 ^ 60))
+        assert.equals("-1.152921504606847e+18", core.json_encode(-(2 ^ 60)))
+        assert.equals("9.223372036854776e+18", core.json_encode(2 ^ 63))
         assert.equals("1e+300", core.json_encode(1e300))
         assert.equals("9007199254740992", core.json_encode(2 ^ 53))
     end)
+
+    if jit then
+        it("json_encode under LuaJIT: whole doubles within 2^53 are integers, others floats", function()
+            assert.equals("9007199254740991", core.json_encode(2 ^ 53 - 1))
+            assert.equals("-9007199254740992", core.json_encode(-(2 ^ 53)))
+            assert.equals("3", core.json_encode(3.0))
+            assert.equals("0.5", core.json_encode(0.5))
+        end)
+    else
+        it("json_encode under Lua 5.3+: integers are exact beyond 2^53", function()
+            assert.equals("1152921504606846976", core.json_encode(math.tointeger(2 ^ 60)))
+            assert.equals("9007199254740993", core.json_encode(math.tointeger(2 ^ 53) + 1))
+            assert.equals("-9223372036854775808", core.json_encode(math.mininteger))
+        end)
+    end
 end)

@@ -382,6 +382,31 @@ describe("cxone repl against cxone-sim", function()
         assert.is_nil(read_file(dir .. "/.cxone_history"))
     end)
 
+    it("README.md's transcript is exactly what cxone repl prints for its input", function()
+        -- the ```text block that starts with `$ bin/cxone repl`: a line "> INPUT" is typed (with
+        -- "<Tab>" a Tab key press); "> KEYS  → LINE" types KEYS and shows LINE; the rest is output
+        local readme = read_file(simlib.ROOT .. "/README.md")
+        local block = readme:match("\n```text\n%$ bin/cxone repl\n(.-\n)```\n")
+        assert.is_string(block, "no transcript of cxone repl in README.md")
+        local steps, expected = {}, {}
+        for line in block:gmatch("([^\n]*)\n") do
+            local input = line:match("^> (.*)$")
+            if input then
+                local keys, shown = input:match("^(.-)%s+→ (.*)$")
+                if not keys then keys, shown = input, input end
+                assert.is_nil(shown:find("<Tab>", 1, true), line)
+                steps[#steps + 1] = { expect = PROMPT, send = (keys:gsub("<Tab>", "\t")) .. "\n" }
+                line = "> " .. shown
+            end
+            expected[#expected + 1] = line
+        end
+        assert.is_true(#steps >= 5, "too few input lines in the transcript")
+        assert.equals(".exit\n", steps[#steps].send)
+        local code, out = pty(steps)
+        assert.equals(0, code, out)
+        assert.equals(table.concat(expected, "\n") .. "\n", (out:gsub("exit=%d+%s*$", "")))
+    end)
+
     it("piped stdin is evaluated line by line; the status says whether a line failed", function()
         local code, out, err = piped(("A = %q\nclient:drift(A, 'staging', 'production')\n#client:vars(A, 'prod').variables\n")
             :format(A1))

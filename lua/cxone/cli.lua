@@ -71,13 +71,11 @@ local HELP = {
         .. "HASH (a cut tail fails); --after: it continues from HASH (else it must start at seq 1).\n"
         .. "CXONE_AUDIT_KEY: the HMAC key of a keyed trail (required to verify one).\n"
         .. "Exit status: 0 intact, 1 broken or unreadable, 64 usage.\n",
-    sim = "usage: cxone sim [flags]\nRuns cxone-sim (CXONE_SIM_BIN, or build/lua5.4/sim/cxone-sim"
-        .. " next to this tree) with the given flags.\n",
+    sim = "usage: cxone sim [flags]\nRuns cxone-sim in place of this command (signals reach it) with the"
+        .. " given flags: CXONE_SIM_BIN, else the one beside cxone, else this tree's build, else PATH.\n",
     repl = "usage: cxone repl\nAn interactive Lua session with `cxone` loaded and `client` built from CXONE_*:\n"
         .. "values print readably, tab completes, history in ~/.cxone_history (CXONE_HISTORY) keeps no secret.\n",
 }
-
-local function shquote(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
 local function is_tty(fd)
     return require("cxone.core").isatty(fd)
@@ -461,30 +459,8 @@ function commands.audit(ctx, args)
     return require("cxone.audit").command(ctx, args)
 end
 
-local function root_dir()
-    local src = debug.getinfo(1, "S").source
-    local dir = src:match("^@(.*)/lua/cxone/cli%.lua$")
-    return dir or "."
-end
-
 function commands.sim(ctx, args, raw)
-    local bin = os.getenv("CXONE_SIM_BIN")
-    if not bin or bin == "" then
-        -- the source tree's build, else the one installed beside this command, else PATH
-        local candidates = { root_dir() .. "/build/lua5.4/sim/cxone-sim" }
-        local here = arg and arg[0] and arg[0]:match("^(.*)/[^/]+$")
-        if here then candidates[2] = here .. "/cxone-sim" end
-        bin = "cxone-sim"
-        for _, c in ipairs(candidates) do
-            local f = io.open(c, "rb")
-            if f then f:close(); bin = c; break end
-        end
-    end
-    local parts = { shquote(bin) }
-    for _, a in ipairs(raw) do parts[#parts + 1] = shquote(a) end
-    local r, _, code = os.execute("exec " .. table.concat(parts, " "))
-    if type(r) == "number" then return r == 0 and 0 or 1 end
-    return r and 0 or (code or 1)
+    return require("cxone.sim").command(raw) -- exec: the emulator takes this process's place
 end
 
 function commands.repl()

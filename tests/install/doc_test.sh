@@ -63,7 +63,7 @@ for c in $codes; do
     grep -qF "| \`$c\` |" "$SRC/README.md" || fail "error code '$c' is not in the README's table of codes"
 done
 layout=$(sed -n '/^## Layout/,/^## /p' "$SRC/README.md")
-for f in "$SRC"/plugin/*.c "$SRC"/lua/cxone/*.lua; do
+for f in "$SRC"/plugin/*.c "$SRC"/lua/cxone/*.lua "$SRC"/lua/cxone/repl/*.lua; do
     b=$(basename "$f")
     echo "$layout" | grep -qF "\`$b\`" || fail "the README's layout table does not name $b"
 done

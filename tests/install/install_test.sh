@@ -1,7 +1,9 @@
 #!/bin/sh
 # `cmake --install` into a temp prefix, then the installed cxone runs from / with an empty
 # environment (env -i: no LUA_PATH, LUA_CPATH, PATH or HOME), finds its own modules, validates a
-# payload, and its man page and bash completion are where man and bash-completion look.
+# payload, prints the REPL's help for C functions from the installed cxone.repl.core_doc, runs
+# the cxone-sim installed beside it, and its man page and bash completion are where man and
+# bash-completion look.
 # usage: install_test.sh SRC_DIR BUILD_DIR (the Lua 5.4 tree)
 set -u
 SRC=$1
@@ -24,8 +26,9 @@ head -n 1 "$P/share/zsh/vendor-completions/_cxone" | grep -qx '#compdef cxone' |
 grep -q 'complete -c cxone' "$P/share/fish/vendor_completions.d/cxone.fish" || fail "the fish completion completes nothing for cxone"
 ok "layout: bin, lib/lua/5.4, share/lua/5.4, share/man/man1, bash, zsh and fish completions"
 
-# Every module of the tree is installed (a module added to lua/ and not installed fails here).
-(cd "$SRC/lua" && find . -name '*.lua' | sort) >"$tmp/tree"
+# Every module of the tree is installed (a module added to lua/ and not installed fails here),
+# plus cxone.repl.core_doc, generated at build time from plugin/*.c.
+(cd "$SRC/lua" && { find . -name '*.lua'; echo ./cxone/repl/core_doc.lua; } | sort) >"$tmp/tree"
 (cd "$P/share/lua/5.4" && find . -name '*.lua' | sort) >"$tmp/installed"
 cmp -s "$tmp/tree" "$tmp/installed" || { diff "$tmp/tree" "$tmp/installed" >&2; fail "installed Lua modules differ from lua/"; }
 ok "all $(wc -l <"$tmp/tree") Lua modules installed"
@@ -59,6 +62,26 @@ ok "env -i PREFIX/bin/cxone validate from /: valid exit 0, invalid exit 1 naming
 ver=$(cd / && env -i "$P/bin/cxone" --version 2>&1) || fail "cxone --version: $ver"
 echo "$ver" | grep -q '^cxone ' || fail "cxone --version printed: $ver"
 ok "$ver"
+
+# The REPL's help for a C function comes from the installed data module (the source tree's
+# plugin/*.c is out of reach): help(cxone.core.sha256) prints its reference text.
+out=$(cd / && printf '%s\n' 'help(cxone.core.sha256)' 'help(cxone.core.exec)' \
+      'select(2, require("cxone.repl.cdoc").entries())' | env -i "$P/bin/cxone" repl 2>"$tmp/repl.err")
+rc=$?
+[ "$rc" -eq 0 ] || fail "env -i cxone repl (help) exited $rc: $out $(cat "$tmp/repl.err")"
+echo "$out" | grep -q '^cxone.core.sha256 (C)$' || fail "help(cxone.core.sha256) printed no title: $out"
+echo "$out" | grep -q 'SHA-256 of a string' || fail "help(cxone.core.sha256) printed no reference text: $out"
+echo "$out" | grep -q 'Replaces this process by a program' || fail "help(cxone.core.exec) printed no reference text: $out"
+echo "$out" | grep -q 'no documentation' && fail "the installed REPL has no documentation for a C function: $out"
+echo "$out" | tail -n 1 | grep -qx '"module"' || fail "the help text did not come from cxone.repl.core_doc: $out"
+ok "installed cxone repl: help(cxone.core.sha256) and help(cxone.core.exec) from cxone.repl.core_doc"
+
+# `cxone sim` finds the emulator installed beside it (no CXONE_SIM_BIN, no PATH).
+if [ -x "$P/bin/cxone-sim" ]; then
+    out=$(cd / && env -i "$P/bin/cxone" sim --help 2>&1) || fail "env -i cxone sim --help: $out"
+    echo "$out" | grep -q -- '--listen HOST:PORT' || fail "cxone sim --help did not run the emulator: $out"
+    ok "env -i PREFIX/bin/cxone sim runs PREFIX/bin/cxone-sim"
+fi
 
 # man finds the page under the prefix; bash loads the completion and completes a command.
 page=$(man -M "$P/share/man" -w cxone 2>&1) || fail "man -M PREFIX/share/man -w cxone: $page"

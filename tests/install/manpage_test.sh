@@ -38,4 +38,12 @@ for v in $vars; do
     echo "$envsec" | grep -qw "$v" || fail "$v (read by the sources) is not in ENVIRONMENT"
 done
 echo "ok: ENVIRONMENT names every variable read: $(echo $vars)"
+# the webhook signature header is the one the client sends (plugin/client.c)
+hdr=$(grep -ohE '"X-[A-Za-z-]+-Signature: t=' "$SRC/plugin/client.c" | head -n 1 | sed 's/^"//; s/: t=$//')
+[ -n "$hdr" ] || fail "no signature header found in plugin/client.c"
+grep -q "^ *$hdr: t=TIME,v1=HEX" "$tmp/text" || fail "the man page does not name the header $hdr: t=TIME,v1=HEX"
+for other in $(grep -ohE 'X-[A-Za-z-]*Signature' "$tmp/text" | sort -u); do
+    [ "$other" = "$hdr" ] || fail "the man page names $other; the client sends $hdr"
+done
+echo "ok: the man page names the webhook header the client sends: $hdr"
 echo "manpage: all checks passed"
