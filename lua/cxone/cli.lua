@@ -75,7 +75,7 @@ Ctx.__index = Ctx
 
 function Ctx:err(fmt, ...)
     local msg = select("#", ...) > 0 and fmt:format(...) or fmt
-    io.stderr:write("cxone: ", msg, "\n")
+    io.stderr:write("cxone: ", require("cxone.render").lines(msg), "\n")
 end
 
 function Ctx:out(s) io.stdout:write(s, "\n") end
@@ -310,7 +310,7 @@ function commands.vars(ctx, args)
     end
     local render = require("cxone.render")
     local paint = render.painter(ctx.color)
-    ctx:out(paint("bold", ("%s %s (%d variables)"):format(action, r.environmentId or tier, #vars)))
+    ctx:out(paint("bold", ("%s %s (%d variables)"):format(render.escape(action), render.escape(r.environmentId or tier), #vars)))
     local w = 0
     for _, v in ipairs(vars) do if #v.name > w then w = #v.name end end
     for _, v in ipairs(vars) do

@@ -129,7 +129,7 @@ function Report:markdown()
         local t = it.drift_type
         local b, tv = MD_SIDE(it.baseline, it.baseline_masked), MD_SIDE(it.target, it.target_masked)
         if t == "unverifiable" then b, tv = "`***`", "`***`" end
-        lines[#lines + 1] = ("| %s | `%s` | %s | %s | %s |"):format(SYMBOL[t], render.md_text(it.variable),
+        lines[#lines + 1] = ("| %s | %s | %s | %s | %s |"):format(SYMBOL[t], render.md_code(it.variable),
             b, tv, LABEL[t])
     end
     return table.concat(lines, "\n") .. "\n"
