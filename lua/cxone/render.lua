@@ -10,6 +10,8 @@
 local M = {}
 
 local NAMED = { [9] = "\\t", [10] = "\\n", [13] = "\\r", [92] = "\\\\" }
+local UNSAFE = "[%c\\\128-\255]"
+local UNSAFE_KEEP_BACKSLASH = "[%c\128-\255]"
 
 -- Code points shown as \u{...}: C1 controls, and the format characters that reorder or hide
 -- text (bidi marks, embeddings, overrides and isolates; zero-width and line/paragraph
@@ -42,12 +44,13 @@ end
 -- Printable text, including other non-ASCII characters, is kept.
 -- @tparam any s (tostring'd)
 -- @treturn string
-function M.escape(s)
+function M.escape(s, keep_backslash)
     s = tostring(s)
-    if not s:find("[%c\\\128-\255]") then return s end
+    local unsafe = keep_backslash and UNSAFE_KEEP_BACKSLASH or UNSAFE
+    if not s:find(unsafe) then return s end
     local out, i, n = {}, 1, #s
     while i <= n do
-        local j = s:find("[%c\\\128-\255]", i)
+        local j = s:find(unsafe, i)
         if not j then
             out[#out + 1] = s:sub(i)
             break
@@ -74,10 +77,11 @@ function M.escape(s)
     return table.concat(out)
 end
 
---- A message for a terminal: each line escaped, line breaks kept.
+--- A message for a terminal: each line escaped, line breaks kept; backslashes are left alone
+-- (a message may hold values escaped already: escaping them twice would garble them).
 function M.lines(s)
     local out = {}
-    for line in (tostring(s) .. "\n"):gmatch("([^\n]*)\n") do out[#out + 1] = M.escape(line) end
+    for line in (tostring(s) .. "\n"):gmatch("([^\n]*)\n") do out[#out + 1] = M.escape(line, true) end
     return table.concat(out, "\n")
 end
 
