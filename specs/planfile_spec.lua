@@ -437,7 +437,8 @@ describe("terminal and Markdown safety", function()
 
     it("md_text escapes what Markdown interprets; md_code fences backticks and pipes", function()
         assert.equals("\\<img src=x\\> \\| \\*a\\* \\[l\\](u) \\`c\\`", render.md_text("<img src=x> | *a* [l](u) `c`"))
-        assert.equals("`` a`b\\|c\\x1b ``", render.md_code("a`b|c\27"))
+        assert.equals("``a`b\\|c\\x1b``", render.md_code("a`b|c\27"))
+        assert.equals("`` `x ``", render.md_code("`x"))
         assert.falsy(render.md_value("x\ny"):find("\n", 1, true))
     end)
 
@@ -463,6 +464,7 @@ describe("terminal and Markdown safety", function()
                 assert.falsy((out .. e2):find("\27", 1, true), table.concat(args, " "))
                 assert.falsy((out .. e2):find("\7", 1, true), table.concat(args, " "))
                 assert.falsy((out .. e2):find("\226\128\174", 1, true), table.concat(args, " "))
+                assert.matches("EVIL\\x1b]0;owned\\x07\\x1b[2J\\u{202E}", out, 1, true)
             end
         end)
         sim:stop()

@@ -127,12 +127,14 @@ end
 function M.width(s) return width_of(M.escape(s)) end
 
 -- Wraps escaped text in a code span fit for a table cell: a fence longer than any run of
--- backticks in it, pipes escaped (GitHub tables honour \| inside code spans).
-local function code_span(s)
+-- backticks in it, pipes escaped (GitHub tables honour \| inside code spans). `pad`: always a
+-- space inside the fence (else only where the text starts or ends with a backtick or space).
+local function code_span(s, pad)
     local run = 0
     for ticks in s:gmatch("`+") do run = math.max(run, #ticks) end
     local fence = ("`"):rep(run + 1)
-    return ((fence .. " " .. s .. " " .. fence):gsub("|", "\\|"))
+    local sp = (pad or s == "" or s:match("^[` ]") or s:match("[` ]$")) and " " or ""
+    return ((fence .. sp .. s .. sp .. fence):gsub("|", "\\|"))
 end
 
 --- A value as a Markdown code span fit for a table cell (escaped as quote, pipes escaped,
@@ -143,17 +145,17 @@ function M.md_value(s, max)
     max = max or 60
     local cut = #s > max
     if cut then s = cut_at(s, max) end
-    return code_span(M.escape(s)) .. (cut and "…" or "")
+    return code_span(M.escape(s), true) .. (cut and "…" or "")
 end
 
 --- A name (variable, action) as a Markdown code span fit for a table cell.
 function M.md_code(s) return code_span(M.escape(s)) end
 
---- Plain text fit for a Markdown table cell or paragraph: escaped (see escape), line breaks
--- shown as \n, and the characters Markdown would interpret (emphasis, links, HTML, code,
--- headings, table pipes) backslash-escaped.
+--- Plain text fit for a Markdown table cell or paragraph: on one line (line breaks become
+-- spaces), escaped (see escape), and the characters Markdown would interpret (emphasis, links,
+-- HTML, code, headings, table pipes) backslash-escaped.
 function M.md_text(s)
-    return (M.escape(s):gsub("[`*_%[%]<>|#!~&{}]", "\\%0"))
+    return (M.escape((tostring(s):gsub("[\r\n]+", " "))):gsub("[`*_%[%]<>|#!~&{}]", "\\%0"))
 end
 
 --- Colours: only when asked for (the CLI decides: a terminal and no NO_COLOR).
