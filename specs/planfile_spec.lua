@@ -215,6 +215,17 @@ describe("saved plans", function()
             assert.is_nil(read_file(marker))
         end)
 
+        it("a .json file replaced by Lua code is refused as a plan, never run", function()
+            local marker = dir .. "/pwned"
+            write_file(PLAN, ("io.open(%q, 'w'):write('x'); return {}"):format(marker))
+            local code, _, err = cxone({ "apply", "--yes", PLAN }, env)
+            assert.equals(1, code)
+            assert.matches("not a saved plan", err, 1, true)
+            code = cxone({ "plan", PLAN }, env)
+            assert.equals(1, code)
+            assert.is_nil(read_file(marker))
+        end)
+
         it("apply needs no playbook: editing or removing it after planning changes nothing", function()
             assert.equals(2, (plan()))
             write_file(PB, "error('this playbook must not run at apply')")

@@ -205,7 +205,12 @@ local function run_playbook(ctx, path, dry)
         return 1
     end
     local planfile = require("cxone.planfile")
-    if not dry and planfile.is_plan(path) then return apply_saved(ctx, path) end
+    -- a .json file is data: applied as a saved plan (refused if it is not one), never run as Lua
+    if not dry and (planfile.is_plan(path) or path:lower():match("%.json$")) then return apply_saved(ctx, path) end
+    if dry and path:lower():match("%.json$") then
+        ctx:err("%s is a .json file: cxone plan takes a playbook (Lua); apply a saved plan with cxone apply", path)
+        return 1
+    end
     if dry == false and ctx.flags.out then
         ctx:err("--out belongs to plan: cxone plan --out PLAN.json PLAYBOOK.lua, then cxone apply PLAN.json")
         return 1
