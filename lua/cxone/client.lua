@@ -670,7 +670,7 @@ local function begin_run(self, rep, pend)
     end
     table.sort(names)
     local head, err = audit(self, { event = "apply.started", run_id = rep.run_id, steps = #pend,
-                                    variables = names, status = "started" })
+                                    variables = names, status = "started", plan = rep.plan_digest })
     if not head then return nil, "the audit trail does not accept records: " .. tostring(err) end
     if head ~= "" then rep.head = head end
     return true

@@ -107,17 +107,17 @@ local function iso(t) return os.date("!%Y-%m-%dT%H:%M:%SZ", t) end
 
 --- Parses a time to live: seconds, or a number with s, m, h or d ("90m", "2d").
 -- @treturn[1] integer seconds (1 .. 30 days)
--- @treturn[2] fail (code "usage")
+-- @treturn[2] fail (code "invalid")
 function M.parse_ttl(s)
     local n, unit = tostring(s):match("^%s*(%d+)%s*([smhd]?)%s*$")
     local mult = { [""] = 1, s = 1, m = 60, h = 3600, d = 86400 }
     n = tonumber(n)
     if not n or n <= 0 then
-        return nil, ("expiry %q: give a duration such as 3600, 90m, 12h or 2d"):format(tostring(s)), "usage"
+        return nil, ("expiry %q: give a duration such as 3600, 90m, 12h or 2d"):format(tostring(s)), "invalid"
     end
     n = n * mult[unit]
     if n > M.MAX_TTL then
-        return nil, ("expiry %q is longer than 30 days"):format(tostring(s)), "usage"
+        return nil, ("expiry %q is longer than 30 days"):format(tostring(s)), "invalid"
     end
     return n
 end
@@ -134,22 +134,22 @@ end
 --- Checks where `plan --out` may write, before anything is planned: never a `.lua` file, never
 -- the playbook, never over an existing file unless `force` (and even then only over a saved plan).
 -- @treturn[1] true
--- @treturn[2] fail (code "usage")
+-- @treturn[2] fail (code "invalid")
 function M.check_target(path, playbook_path, force)
     if path:lower():match("%.lua$") then
-        return nil, ("refusing to write the plan to %s: a .lua file is code; give a .json path"):format(path), "usage"
+        return nil, ("refusing to write the plan to %s: a .lua file is code; give a .json path"):format(path), "invalid"
     end
     if path == playbook_path then
-        return nil, ("refusing to write the plan over the playbook %s"):format(path), "usage"
+        return nil, ("refusing to write the plan over the playbook %s"):format(path), "invalid"
     end
     local f = io.open(path, "rb")
     if f then
         f:close()
         if not force then
-            return nil, ("%s exists: pass --force to replace it"):format(path), "usage"
+            return nil, ("%s exists: pass --force to replace it"):format(path), "invalid"
         end
         if not M.is_plan(path) then
-            return nil, ("%s exists and is not a saved plan: refusing to replace it, even with --force"):format(path), "usage"
+            return nil, ("%s exists and is not a saved plan: refusing to replace it, even with --force"):format(path), "invalid"
         end
     end
     return true
@@ -394,7 +394,7 @@ local function show(v, masked)
 end
 
 --- Re-reads every target of a loaded plan and compares it with what the plan saw. Returns true,
--- or nil, a message listing each difference and telling the operator to plan again, "stale".
+-- or nil, a message listing each difference and telling the operator to plan again, "conflict".
 function M.check_fresh(c, rep, concurrency)
     local reqs = {}
     for i = 1, #rep.steps do
@@ -446,7 +446,7 @@ function M.check_fresh(c, rep, concurrency)
     if #diffs == 0 then return true end
     return nil, ("%s: the targets changed since the plan was made, nothing written:\n  %s\nplan again "
         .. "(cxone plan --out PLAN.json PLAYBOOK.lua) and review the new plan"):format(
-        tostring(rep.plan_file), table.concat(diffs, "\n  ")), "stale"
+        tostring(rep.plan_file), table.concat(diffs, "\n  ")), "conflict"
 end
 
 -- The file recording the plans applied: beside the masked-value ledger (or the audit trail).
