@@ -158,7 +158,7 @@ describe("saved plans", function()
             write_file(PLAN, orig:sub(1, math.floor(#orig / 2)))
             local code, _, err = cxone({ "apply", PLAN }, env)
             assert.equals(1, code)
-            assert.matches("not a saved plan", err, 1, true)
+            assert.matches("plan was modified or damaged", err, 1, true)
             assert.equals(patches, sim:count("PATCH"))
         end)
 

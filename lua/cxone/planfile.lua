@@ -339,6 +339,10 @@ function M.load(path, c)
     if #text > MAX_SIZE then return invalid("%s is too large for a saved plan", path) end
     local ok, doc = pcall(core.json_decode, text)
     if not ok or type(doc) ~= "table" or type(doc.format) ~= "string" or not doc.format:match("^cxone%-plan/") then
+        if text:find('"format":"cxone%-plan/') then -- began as a plan: cut or damaged
+            return invalid("%s: plan was modified or damaged (it is no longer a valid plan document): "
+                .. "nothing written; plan again", path)
+        end
         return invalid("%s is not a saved plan (%s)", path, M.FORMAT)
     end
     if doc.format ~= M.FORMAT then
