@@ -139,7 +139,7 @@ function Report:totable()
             plans[#plans].index = i
         end
     end
-    return { ok = self.ok, run_id = self.run_id, dry_run = self.dry_run,
+    return { ok = self.ok, run_id = self.run_id, plan_id = self.plan_id, plan = self.plan_digest, dry_run = self.dry_run,
              preflight_failed = self.preflight_failed, message = self.message, code = self.code,
              counts = self.counts, steps = self.steps, plans = plans, head = self.head }
 end
