@@ -291,6 +291,21 @@ describe("saved plans", function()
             assert.equals(CANARY, v.value)
         end)
 
+        it("nor does the drift against a baseline shown with the plan", function()
+            foreign_patch(sim, A1, "staging", { { name = "API_TOKEN", value = OLD_PLAIN, masked = false } })
+            foreign_patch(sim, A1, "dev", { { name = "API_TOKEN", value = "dev-plain-value", masked = false } })
+            write_file(PB, book({
+                ("{ action = %q, tier = 'staging', baseline = 'development', variables = { API_TOKEN = { value = env('CX_API_TOKEN'), masked = true } } }")
+                    :format(A1),
+            }))
+            for _, format in ipairs({ "text", "json", "markdown" }) do
+                local code, out, err = cxone({ "plan", "--format", format, PB }, env)
+                assert.equals(2, code, err)
+                assert.falsy((out .. err):find(OLD_PLAIN, 1, true), format)
+                assert.truthy(out:find("API_TOKEN", 1, true), format)
+            end
+        end)
+
         it("detects a change of the old plain value by its fingerprint (stale plan)", function()
             foreign_patch(sim, A1, "staging", { { name = "API_TOKEN", value = OLD_PLAIN, masked = false } })
             assert.equals(2, (plan()))

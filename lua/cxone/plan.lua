@@ -23,10 +23,20 @@ M.Plan = Plan
 -- it in memory only (a saved plan holds a keyed fingerprint of it, checked with `fp_of`).
 -- Items whose description changes carry `description` and `old_description`.
 function M.new(t)
+    local hidden = {}
     for _, it in ipairs(t.items or {}) do
         if it.masked and not it.old_masked and it.old ~= nil then
             it.old, it.old_hidden = nil, true
+            hidden[it.name] = true
         end
+    end
+    -- nor does the drift shown with the plan show it (the target's value is that old value)
+    if next(hidden) and t.drift and type(t.drift.items) == "table" then
+        local kept = {}
+        for _, d in ipairs(t.drift.items) do
+            if not hidden[d.variable] then kept[#kept + 1] = d end
+        end
+        t.drift.items = kept
     end
     return setmetatable(t, Plan)
 end
