@@ -306,6 +306,22 @@ describe("saved plans", function()
             end
         end)
 
+        it("applies on a server without ETags, checking the old value by its fingerprint", function()
+            assert.equals(200, (sim:post_json("/_sim/config", { etag = false })))
+            foreign_patch(sim, A1, "staging", { { name = "API_TOKEN", value = OLD_PLAIN, masked = false } })
+            assert.equals(2, (plan()))
+            local doc = json.decode(read_file(PLAN))
+            assert.is_nil(doc.steps[1].etag)
+            assert.is_string(doc.steps[1].before.API_TOKEN.fp)
+            assert.is_nil(doc.steps[1].before.API_TOKEN.value)
+            local code, out, err = cxone({ "apply", PLAN }, env)
+            assert.equals(0, code, err)
+            assert.falsy((out .. err):find(OLD_PLAIN, 1, true))
+            local v = env_vars(sim:state(), A1, "staging").API_TOKEN
+            assert.is_true(v.masked)
+            assert.equals(CANARY, v.value)
+        end)
+
         it("detects a change of the old plain value by its fingerprint (stale plan)", function()
             foreign_patch(sim, A1, "staging", { { name = "API_TOKEN", value = OLD_PLAIN, masked = false } })
             assert.equals(2, (plan()))
