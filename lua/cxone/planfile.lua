@@ -225,7 +225,7 @@ function M.save(path, rep, opts)
         format = M.FORMAT, plan_id = rep.run_id, created = iso(now), created_at = now,
         expires = iso(now + ttl), expires_at = now + ttl, key = source,
         playbook = opts.playbook, base_url = c.cfg.base_url, client_id = c.cfg.client_id,
-        steps = {},
+        concurrency = rep.concurrency, steps = {},
     }
     local problems = {}
     for i = 1, #rep.steps do
@@ -369,6 +369,7 @@ function M.load(path, c)
     end
     local rep = reportmod.new(require("cxone.client").new_run_id(), false)
     rep.plan_file, rep.plan_id, rep.plan_digest = path, doc.plan_id, doc.mac
+    if type(doc.concurrency) == "number" and doc.concurrency >= 1 then rep.concurrency = math.floor(doc.concurrency) end
     for i, d in ipairs(doc.steps) do
         local bad = check_shape(d)
         if bad then return invalid("%s: step %d: %s", path, i, bad) end
