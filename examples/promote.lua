@@ -7,7 +7,9 @@
 --    variables = { NAME = "plain value", SECRET = {value = "...", masked = true}, ... }}
 -- Steps of one action run in the order given; different actions run in parallel.
 -- The file runs with the standard Lua globals plus `env(NAME, default)` (os.getenv with a
--- default), so secrets can come from the environment instead of the file.
+-- default), so secrets can come from the environment instead of the file. A saved plan
+-- (`cxone plan --out`) needs that: it records which variable each masked value comes from,
+-- and `cxone apply PLAN.json` reads it from there (the default below is for plain runs only).
 --
 --   cxone plan examples/promote.lua         # dry run: exit 0 nothing to do, 2 changes pending
 --   cxone apply --yes examples/promote.lua  # write, queue builds, audit, webhook events

@@ -974,8 +974,9 @@ static const char *opt_hash(lua_State *L, const char *field)
  * the last newline of a file that begin like a record count as a torn write (a warning, in
  * `report.torn`). The first record must be seq 1 chained from the genesis value, unless `after`
  * names the hash it continues from. With `key`, every record must be HMAC-SHA-256 under that
- * key; without it, or with another key, a keyed trail fails (code "key"). With `head`, the
- * trail must end at it.
+ * key; without it, or with another key, a keyed trail fails (code "key"). With `key`, a trail
+ * without any record fails (code "tampered"): it must hold at least its first record. With
+ * `head`, the trail must end at it.
  * @function audit_verify
  * @tparam string|table paths a path, or a list of paths in rotation order
  * @tparam[opt] table opts `key` (string), `head` and `after` (64 hex digits), `report` (boolean:
@@ -1040,6 +1041,11 @@ static int l_verify(lua_State *L)
         else
             vbad(v, nfiles, 0, "tampered", "the trail holds no records, so it does not end at the given head");
     }
+    /* fail closed: a keyed trail proves itself with at least its first record; an empty one
+     * (emptied, or replaced by an empty file) proves nothing */
+    if (!v->bad && !failed_path && key && !v->have)
+        vbad(v, nfiles, 0, "tampered", "the trail holds no records: a keyed trail must hold at least its first "
+             "record, so an empty one was emptied or replaced (nothing in it can be verified)");
 
     /* the report */
     lua_createtable(L, 0, 10);

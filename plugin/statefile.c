@@ -361,6 +361,42 @@ static int l_isatty(lua_State *L)
     return 1;
 }
 
+/***
+ * Writes a private file atomically: a unique temp file beside it (mode 0600 whatever the umask,
+ * created exclusively), fsync, rename over path, fsync of the directory. Readers see the old
+ * file or the new one, never a part; a symbolic link at path is replaced, not followed.
+ * @function write_private
+ * @tparam string path
+ * @tparam string text
+ * @treturn[1] boolean true
+ * @treturn[2] fail code "io"
+ */
+static int l_write_private(lua_State *L)
+{
+    size_t plen, n;
+    const char *path = luaL_checklstring(L, 1, &plen);
+    luaL_argcheck(L, plen > 0 && strlen(path) == plen, 1, "path must be a non-empty string without NUL");
+    const char *text = luaL_checklstring(L, 2, &n);
+    char *tmp = malloc(plen + 8);
+    if (!tmp) return cxone_fail(L, "memory", "out of memory writing %s", path);
+    memcpy(tmp, path, plen);
+    memcpy(tmp + plen, ".XXXXXX", 8);
+    int fd = mkostemp(tmp, O_CLOEXEC); /* O_EXCL|O_CREAT, mode 0600 */
+    int rc = fd < 0 ? -1 : 0;
+    if (rc == 0) rc = fchmod(fd, 0600);
+    if (rc == 0) rc = write_all(fd, text, n);
+    if (rc == 0) rc = fsync(fd);
+    int e = errno;
+    if (fd >= 0 && close(fd) != 0 && rc == 0) { rc = -1; e = errno; }
+    if (rc == 0 && rename(tmp, path) != 0) { rc = -1; e = errno; }
+    if (rc != 0 && fd >= 0) unlink(tmp);
+    if (rc == 0 && sync_dir(path) != 0) { rc = -1; e = errno; }
+    free(tmp);
+    if (rc != 0) return cxone_fail(L, "io", "cannot write %s: %s", path, strerror(e));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 void cxone_statefile_open(lua_State *L)
 {
     static const luaL_Reg meth[] = {
@@ -383,4 +419,6 @@ void cxone_statefile_open(lua_State *L)
     lua_setfield(L, -2, "state_open");
     lua_pushcfunction(L, l_isatty);
     lua_setfield(L, -2, "isatty");
+    lua_pushcfunction(L, l_write_private);
+    lua_setfield(L, -2, "write_private");
 }

@@ -33,6 +33,7 @@ case "$URL" in http://*) ;; *) echo "demo: cxone-sim did not start" >&2; cat "$T
 export CXONE_BASE_URL="$URL" CXONE_CLIENT_ID=demo-client CXONE_CLIENT_SECRET=demo-secret-0123456789
 export CXONE_AUDIT_LOG="$TMP/audit.jsonl" CXONE_WEBHOOK_URL="$URL/_sim/webhooks/demo"
 export CXONE_WEBHOOK_SECRET=demo-webhook-signing-key
+export CXONE_DEMO_CRM_KEY=demo-crm-key-from-the-environment # a saved plan reads masked values from env()
 unset CXONE_TOKEN_URL CXONE_ACCESS_KEY_ID CXONE_ACCESS_KEY_SECRET CXONE_CA_FILE
 
 heading "cxone-sim running at $URL (demo tenant, 3 Data Actions)"

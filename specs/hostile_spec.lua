@@ -565,3 +565,39 @@ return {}
         end)
     end
 end)
+
+describe("an emptied audit trail (issue 21: fail closed)", function()
+    local dir
+    before_each(function() dir = simlib.tmpdir() end)
+    after_each(function() os.execute("rm -rf " .. sh(dir)) end)
+
+    it("an empty trail verified with a key fails and says why; without a key it holds no records", function()
+        local path = dir .. "/audit.jsonl"
+        simlib.write_file(path, "")
+        local ok, msg, code = core.audit_verify(path, { key = "audit-key-1" })
+        assert.is_nil(ok)
+        assert.equals("tampered", code)
+        assert.matches("holds no records: a keyed trail must hold at least its first record", msg, 1, true)
+        local r = core.audit_verify(path, { key = "audit-key-1", report = true })
+        assert.is_false(r.ok)
+        -- unkeyed, an empty file is only "no records" (it detects accidents, not an attacker)
+        r = assert(core.audit_verify(path))
+        assert.equals(0, r.records)
+        local ccode, out, err = cli({ "audit", "verify", path }, { CXONE_AUDIT_KEY = "audit-key-1" })
+        assert.equals(1, ccode)
+        assert.matches("BROKEN", err, 1, true)
+        assert.matches("holds no records", err, 1, true)
+        assert.is_nil(out:find("intact", 1, true))
+    end)
+
+    it("a keyed trail with its first record verifies, and emptying it afterwards is caught", function()
+        local path = dir .. "/audit.jsonl"
+        local a = assert(core.audit_open(path, { key = "audit-key-1" }))
+        assert(a:append({ event = "apply.started", run_id = "r1", status = "started" }))
+        a:close()
+        local r = assert(core.audit_verify(path, { key = "audit-key-1" }))
+        assert.equals(1, r.records)
+        simlib.write_file(path, "")
+        assert.is_nil((core.audit_verify(path, { key = "audit-key-1" })))
+    end)
+end)

@@ -30,20 +30,25 @@ exit status: 0 success, 1 error, 2 changes pending (plan) or drift (drift), 64 u
 settings: CXONE_BASE_URL, CXONE_TOKEN_URL, CXONE_CLIENT_ID, CXONE_CLIENT_SECRET,
   CXONE_ACCESS_KEY_ID, CXONE_ACCESS_KEY_SECRET, CXONE_AUDIT_LOG (default cxone_audit.jsonl),
   CXONE_AUDIT_KEY (HMAC key of the trail), CXONE_STATE_FILE, CXONE_WEBHOOK_URL,
-  CXONE_WEBHOOK_SECRET, CXONE_CA_FILE; NO_COLOR disables colour.
+  CXONE_WEBHOOK_SECRET, CXONE_CA_FILE, CXONE_PLAN_KEY (key of saved plans), CXONE_PLAN_TTL;
+  NO_COLOR disables colour.
 ]]
 
 local HELP = {
-    plan = "usage: cxone plan [--out PLAN.json] PLAYBOOK.lua [--json]\n"
+    plan = "usage: cxone plan [--out PLAN.json [--force] [--expires DURATION]] PLAYBOOK.lua [--json]\n"
         .. "Plans every step of the playbook (a dry run: nothing is written).\n"
-        .. "--out saves the plan (no secret in it) for `cxone apply PLAN.json`.\n"
+        .. "--out saves the plan (no secret in it; masked values must come from env()) for\n"
+        .. "`cxone apply PLAN.json`; it never replaces a .lua file or the playbook, nor an existing\n"
+        .. "plan without --force. --expires (or CXONE_PLAN_TTL): 3600, 90m, 12h, 2d (default 1d).\n"
         .. "Exit status: 0 nothing to change, 2 changes pending, 1 error, 64 usage.\n",
     apply = "usage: cxone apply PLAYBOOK.lua [--yes] [--json]\n"
         .. "       cxone apply PLAN.json [--json]\n"
         .. "Plans every step first (any failure: nothing written), shows the plan, asks, and then\n"
         .. "writes exactly that plan: a step whose target changed meanwhile is a conflict.\n"
-        .. "A saved plan (cxone plan --out) is applied without asking, after checking that the\n"
-        .. "playbook it names still holds the same values.\n"
+        .. "A saved plan (cxone plan --out) is applied without asking, once, before it expires, after\n"
+        .. "checking its MAC (CXONE_PLAN_KEY, else a key from the credentials), reading its masked\n"
+        .. "values from the environment variables it names, and re-reading every target: anything\n"
+        .. "changed since the plan was made is refused (plan again). It runs no playbook.\n"
         .. "Without a terminal, --yes is required for a playbook.\n"
         .. "Exit status: 0 applied (or nothing to do), 1 error or conflict, 64 usage.\n",
     validate = "usage: cxone validate FILE.json [--json]\n"
@@ -91,7 +96,7 @@ Ctx.__index = Ctx
 
 function Ctx:err(fmt, ...)
     local msg = select("#", ...) > 0 and fmt:format(...) or fmt
-    io.stderr:write("cxone: ", msg, "\n")
+    io.stderr:write("cxone: ", require("cxone.render").lines(msg), "\n")
 end
 
 function Ctx:out(s) io.stdout:write(s, "\n") end
@@ -263,18 +268,52 @@ end
 local function apply_saved(ctx, path)
     local c = client(ctx)
     if not c then return 1 end
-    local rep, err, code = require("cxone.planfile").load(path, c)
-    if not rep then
+    local planfile = require("cxone.planfile")
+    local function refuse(err, code)
+        err = tostring(err)
+        if err:find(path, 1, true) then ctx:err("cannot apply: %s", err) else ctx:err("cannot apply %s: %s", path, err) end
+        if ctx.json then ctx:emit({ ok = false, error = err, code = code }) end
         c:close()
-        return ctx:fail(("cannot apply %s: %s"):format(path, tostring(err)), code)
+        return 1
+    end
+    local rep, err, code = planfile.load(path, c)
+    if not rep then return refuse(err, code) end
+    -- held until the outcome is recorded: the same plan applied concurrently waits, then refuses
+    local claim, cerr, ccode = planfile.claim(c, rep)
+    if not claim then return refuse(cerr, ccode) end
+    local fresh, ferr, fcode = planfile.check_fresh(c, rep, rep.concurrency)
+    if not fresh then
+        planfile.finish(claim, rep, false)
+        return refuse(ferr, fcode)
     end
     show_plans(ctx, rep)
-    return apply_report(ctx, c, rep)
+    local status = apply_report(ctx, c, rep)
+    local attempted = rep.counts.applied + rep.counts.failed > 0
+    local rok, rerr = planfile.finish(claim, rep, attempted)
+    if not rok then
+        ctx:err("warning: could not record that %s was applied (%s): it is not refused if applied again",
+            path, tostring(rerr))
+    end
+    return status
 end
 
 local function run_playbook(ctx, path, dry)
     local planfile = require("cxone.planfile")
-    if not dry and planfile.is_plan(path) then return apply_saved(ctx, path) end
+    -- a .json file is data: applied as a saved plan (refused if it is not one), never run as Lua
+    if not dry and (planfile.is_plan(path) or path:lower():match("%.json$")) then return apply_saved(ctx, path) end
+    if dry and path:lower():match("%.json$") then
+        return ctx:fail(path .. " is a .json file: cxone plan takes a playbook (Lua); apply a saved plan "
+            .. "with cxone apply", "invalid")
+    end
+    if dry == false and ctx.flags.out then
+        return ctx:usage("--out belongs to plan: cxone plan --out PLAN.json PLAYBOOK.lua, then cxone apply "
+            .. "PLAN.json", "apply")
+    end
+    if dry and ctx.flags.out then
+        local ok, terr = planfile.check_target(ctx.flags.out, path, ctx.flags.force)
+        if ok and ctx.flags.expires then ok, terr = planfile.parse_ttl(ctx.flags.expires) end
+        if not ok then return ctx:fail(tostring(terr), "invalid") end
+    end
     local book, err, code = require("cxone.playbook").load(path)
     if not book then return ctx:fail("cannot load playbook: " .. tostring(err), code or "invalid") end
     if not dry and not ctx.flags.yes and not is_tty(0) then
@@ -301,13 +340,18 @@ local function run_playbook(ctx, path, dry)
     if dry then
         rep.dry_run = true
         if ctx.flags.out then
-            local digest, serr = planfile.save(ctx.flags.out, rep, { playbook = path, client = c })
+            local ttl, terr = planfile.DEFAULT_TTL, nil
+            local ttl_text = ctx.flags.expires or os.getenv("CXONE_PLAN_TTL")
+            if ttl_text and ttl_text ~= "" then ttl, terr = planfile.parse_ttl(ttl_text) end
+            if not ttl then ctx:err("%s", terr); c:close(); return 1 end
+            local digest, doc = planfile.save(ctx.flags.out, rep, { playbook = path, client = c,
+                sources = book.env_sources, ttl = ttl })
             if not digest then
                 c:close()
-                return ctx:fail("cannot save the plan: " .. tostring(serr), "io")
+                return ctx:fail("cannot save the plan: " .. tostring(doc), "io")
             end
-            ctx:err("saved the plan to %s (digest %s); apply it with: cxone apply %s",
-                ctx.flags.out, digest:sub(1, 16), ctx.flags.out)
+            ctx:err("saved the plan to %s (digest %s, expires %s); apply it with: cxone apply %s",
+                ctx.flags.out, digest:sub(1, 16), doc.expires, ctx.flags.out)
         end
         ctx:show(rep)
         c:close()
@@ -445,7 +489,7 @@ function commands.vars(ctx, args)
     end
     local render = require("cxone.render")
     local paint = render.painter(ctx.color)
-    ctx:out(paint("bold", ("%s %s (%d variables)"):format(action, r.environmentId or tier, #vars)))
+    ctx:out(paint("bold", ("%s %s (%d variables)"):format(render.escape(action), render.escape(r.environmentId or tier), #vars)))
     local w = 0
     for _, v in ipairs(vars) do if #v.name > w then w = #v.name end end
     for _, v in ipairs(vars) do
@@ -471,7 +515,7 @@ end
 -- The command line's grammar, on lua-argparse: commands, their options, and the completion
 -- scripts it generates. Help texts stay ours (USAGE, HELP), so `--help` reads the same.
 local COMMANDS = {
-    plan = { "--out", "--format" }, apply = { "--yes", "--format" }, validate = {},
+    plan = { "--out", "--force", "--expires", "--format" }, apply = { "--yes", "--format" }, validate = {},
     drift = { "--format", "--ignore", "--expect-differ", "--strict" }, vars = {},
     audit = { "--head", "--after" }, sim = false, repl = {}, completion = {}, help = {},
 }
@@ -479,6 +523,8 @@ local OPTION = {
     ["--out"] = { "--out", "save the plan for `cxone apply PLAN.json`", arg = "PLAN.json" },
     ["--format"] = { "--format", "output format", choices = { "text", "json", "markdown" } },
     ["--yes"] = { "-y --yes", "apply without asking", flag = true },
+    ["--force"] = { "--force", "replace an existing saved plan", flag = true },
+    ["--expires"] = { "--expires", "how long the saved plan stays valid (default 1d)", arg = "DURATION" },
     ["--head"] = { "--head", "the hash the trail must end at", arg = "HASH" },
     ["--after"] = { "--after", "the hash the trail continues from", arg = "HASH" },
     ["--ignore"] = { "--ignore", "never count this variable as drift (repeatable)", arg = "NAME", many = true },

@@ -248,6 +248,9 @@ local function make_plan(self, step, tier, base, target, meta, bvars)
         else
             kind = "change"
         end
+        -- a description the playbook sets is planned like a value
+        local desc = cur and v.description ~= default_desc and cur.description ~= v.description
+        if desc and kind == "unchanged" then kind = "change" end
         counts[kind] = counts[kind] + 1
         items[#items + 1] = {
             name = v.name, kind = kind, masked = v.masked == true,
@@ -255,6 +258,7 @@ local function make_plan(self, step, tier, base, target, meta, bvars)
             old_masked = cur and cur.masked == true or nil,
             new = v.masked and "***" or v.value,
             fp = fingerprints[v.name],
+            description = desc and v.description or nil, old_description = desc and cur.description or nil,
         }
         if kind ~= "unchanged" then
             local e = {}
@@ -672,7 +676,7 @@ local function begin_run(self, rep, pend)
     end
     table.sort(names)
     local head, err = audit(self, { event = "apply.started", run_id = rep.run_id, steps = #pend,
-                                    variables = names, status = "started" })
+                                    variables = names, status = "started", plan = rep.plan_digest })
     if not head then return nil, "the audit trail does not accept records: " .. tostring(err) end
     if head ~= "" then rep.head = head end
     return true

@@ -242,14 +242,14 @@ function Report:markdown()
     local function row(sym, it, what)
         local b, tv = MD_SIDE(it.baseline, it.baseline_masked), MD_SIDE(it.target, it.target_masked)
         if it.drift_type == "unverifiable" or it.note then b, tv = "`***`", "`***`" end
-        lines[#lines + 1] = ("| %s | `%s` | %s | %s | %s |"):format(sym, render.md_text(it.variable), b, tv,
+        lines[#lines + 1] = ("| %s | %s | %s | %s | %s |"):format(sym, render.md_code(it.variable), b, tv,
             render.md_text(what))
     end
     for _, it in ipairs(self.items) do
         row(SYMBOL[it.drift_type], it, LABEL[it.drift_type] .. (it.note and (": " .. it.note) or ""))
     end
     for _, s in ipairs(self.same) do
-        lines[#lines + 1] = ("| = | `%s` | `***` | `***` | %s |"):format(render.md_text(s.variable),
+        lines[#lines + 1] = ("| = | %s | `***` | `***` | %s |"):format(render.md_code(s.variable),
             render.md_text(same_text(s)))
     end
     for _, it in ipairs(self.accepted) do

@@ -18,7 +18,28 @@ M.Plan = Plan
 -- changes, drift, payload (what will be written; holds masked values, never serialised),
 -- before (NAME → {present, masked, value}: what each written variable looked like when planned;
 -- masked values never), build_owed ({key}: a build an earlier run owes), fingerprints.
-function M.new(t) return setmetatable(t, Plan) end
+-- An item that turns a plain variable masked keeps no old value (`old_hidden` instead): the
+-- value is about to become a secret, so it is never shown, saved or audited; `before` keeps
+-- it in memory only (a saved plan holds a keyed fingerprint of it, checked with `fp_of`).
+-- Items whose description changes carry `description` and `old_description`.
+function M.new(t)
+    local hidden = {}
+    for _, it in ipairs(t.items or {}) do
+        if it.masked and not it.old_masked and it.old ~= nil then
+            it.old, it.old_hidden = nil, true
+            hidden[it.name] = true
+        end
+    end
+    -- nor does the drift shown with the plan show it (the target's value is that old value)
+    if next(hidden) and t.drift and type(t.drift.items) == "table" then
+        local kept = {}
+        for _, d in ipairs(t.drift.items) do
+            if not hidden[d.variable] then kept[#kept + 1] = d end
+        end
+        t.drift.items = kept
+    end
+    return setmetatable(t, Plan)
+end
 
 --- True when t is a Plan.
 function M.is(t) return getmetatable(t) == Plan end
@@ -50,12 +71,15 @@ function Plan:render(opts)
     opts = opts or {}
     local paint = render.painter(opts.color)
     local lines = {}
-    lines[1] = paint("bold", ("%s → %s (%s)"):format(self.action, self.tier.name, self.tier.id))
+    lines[1] = paint("bold", ("%s → %s (%s)"):format(render.escape(self.action), render.escape(self.tier.name),
+        render.escape(self.tier.id)))
     local width = 0
-    for _, it in ipairs(self.items) do if #it.name > width then width = #it.name end end
+    for _, it in ipairs(self.items) do width = math.max(width, render.width(it.name)) end
     for _, it in ipairs(self.items) do
         local detail
-        if it.kind == "add" then
+        if it.old_hidden then
+            detail = "(plain; value not shown) → *** (masked)"
+        elseif it.kind == "add" then
             detail = it.masked and "***" or render.quote(it.new)
         elseif it.kind == "set" then
             detail = "*** (masked; current value not visible)"
@@ -65,6 +89,10 @@ function Plan:render(opts)
             local old = it.old_masked and "***" or render.quote(it.old)
             local new = it.masked and "***" or render.quote(it.new)
             detail = old .. " → " .. new
+        end
+        if it.old_description ~= nil or it.description ~= nil then
+            detail = detail .. ("  description %s → %s"):format(render.quote(it.old_description),
+                render.quote(it.description))
         end
         lines[#lines + 1] = ("  %s %s  %s"):format(paint(COL[it.kind], SYM[it.kind]),
             render.pad(it.name, width), detail)
@@ -88,18 +116,24 @@ function Plan:__tostring() return self:render() end
 
 --- Renders the plan as Markdown (a heading and a table of variables); masked values as `***`.
 function Plan:markdown()
-    local lines = { ("#### `%s` → %s (`%s`)"):format(self.action, self.tier.name, self.tier.id), "" }
+    local lines = { ("#### %s → %s (%s)"):format(render.md_code(self.action), render.md_text(self.tier.name),
+        render.md_code(self.tier.id)), "" }
     lines[#lines + 1] = "| | Variable | Current | Planned |"
     lines[#lines + 1] = "|---|---|---|---|"
     for _, it in ipairs(self.items) do
         local old, new
         if it.kind == "add" then old = "—"
         elseif it.kind == "set" then old = "`***` (not visible)"
+        elseif it.old_hidden then old = "plain (not shown)"
         else old = it.old_masked and "`***`" or render.md_value(it.old) end
         new = it.masked and "`***`" or render.md_value(it.new)
         if it.kind == "unchanged" then old = "" end
-        lines[#lines + 1] = ("| %s | `%s` | %s | %s |"):format(SYM[it.kind] == "*" and "\\*" or SYM[it.kind],
-            render.md_text(it.name), old, new)
+        if it.old_description ~= nil or it.description ~= nil then
+            old = old .. " (description " .. render.md_value(it.old_description) .. ")"
+            new = new .. " (description " .. render.md_value(it.description) .. ")"
+        end
+        lines[#lines + 1] = ("| %s | %s | %s | %s |"):format(SYM[it.kind] == "*" and "\\*" or SYM[it.kind],
+            render.md_code(it.name), old, new)
     end
     lines[#lines + 1] = ""
     local notes = { self:summary() }
@@ -118,7 +152,8 @@ function Plan:totable()
     local items = {}
     for i, it in ipairs(self.items) do
         items[i] = { name = it.name, kind = it.kind, masked = it.masked, old = it.old,
-                     old_masked = it.old_masked, new = it.new }
+                     old_masked = it.old_masked, old_hidden = it.old_hidden, new = it.new,
+                     description = it.description, old_description = it.old_description }
     end
     return {
         action = self.action, tier = self.tier.name, environment = self.tier.id,
@@ -151,7 +186,9 @@ function Plan:compare_written(vars)
 end
 
 --- True when the written variables still look as they did when planned (for servers without
--- ETags): the same presence and masked flag, and the same value for unmasked ones.
+-- ETags): the same presence and masked flag, and the same value for unmasked ones (compared by
+-- keyed fingerprint, `self.fp_of(name, value)`, where the plan keeps only that: a saved plan
+-- turning a plain variable masked).
 function Plan:unchanged_since(vars)
     local by = {}
     for _, v in ipairs(vars or {}) do if type(v) == "table" and v.name then by[v.name] = v end end
@@ -160,7 +197,13 @@ function Plan:unchanged_since(vars)
         if (cur ~= nil) ~= (before.present == true) then return false end
         if cur then
             if (cur.masked == true) ~= (before.masked == true) then return false end
-            if not before.masked and cur.value ~= before.value then return false end
+            if not before.masked then
+                if before.fp ~= nil then
+                    if not (self.fp_of and self.fp_of(e.name, cur.value) == before.fp) then return false end
+                elseif cur.value ~= before.value then
+                    return false
+                end
+            end
         end
     end
     return true

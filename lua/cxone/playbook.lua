@@ -74,7 +74,13 @@ function M.load(path)
     if not f then return nil, err, "io" end
     local src = f:read("*a")
     f:close()
-    local sandbox = setmetatable({ env = env }, { __index = _G })
+    -- which environment variable each value read through env() came from (for saved plans)
+    local env_sources = {}
+    local sandbox = setmetatable({ env = function(name, default)
+        local v = env(name, default)
+        if type(name) == "string" and env(name) ~= nil then env_sources[v] = name end
+        return v
+    end }, { __index = _G })
     local chunk
     if setfenv then
         chunk, err = loadstring(src, "@" .. path)
@@ -94,7 +100,7 @@ function M.load(path)
     end
     -- a bare list of steps may carry the drift lists too: `return { drift = {...}, {step}, ... }`
     local copy = { path = path, steps = book.steps, concurrency = book.concurrency,
-                   drift = book.drift or (book.steps == res and res.drift or nil) }
+                   drift = book.drift or (book.steps == res and res.drift or nil), env_sources = env_sources }
     if book.steps ~= res then
         for k in pairs(res) do
             if not BOOK_KEYS[k] then

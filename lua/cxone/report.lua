@@ -69,15 +69,15 @@ function Report:render(opts)
     local width = 0
     for _, e in ipairs(self.steps) do
         local label = tostring(e.action) .. " " .. tostring(e.tier)
-        if #label > width then width = #label end
+        width = math.max(width, render.width(label))
     end
     for _, e in ipairs(self.steps) do
         local label = tostring(e.action) .. " " .. tostring(e.tier)
         lines[#lines + 1] = ("  %s  %s  %s"):format(render.pad(label, width),
-            paint(COLS[e.status] or "bold", render.pad(tostring(e.status), 16)), step_detail(e))
+            paint(COLS[e.status] or "bold", render.pad(tostring(e.status), 16)), render.escape(step_detail(e)))
     end
     local c = self.counts
-    if self.message and not self.ok then lines[#lines + 1] = self.message end
+    if self.message and not self.ok then lines[#lines + 1] = render.lines(self.message) end
     if self.dry_run or (not self.applied and not self.preflight_failed) then
         lines[#lines + 1] = ("%s: %d step%s with changes pending, %d unchanged."):format(
             self.dry_run and "Dry run" or "Plan", c.planned, c.planned == 1 and "" or "s", c.unchanged)
@@ -85,7 +85,7 @@ function Report:render(opts)
         lines[#lines + 1] = ("Promotion: %d applied, %d failed, %d not attempted, %d unchanged."):format(
             c.applied, c.failed, c.not_attempted, c.unchanged)
     end
-    if self.head then lines[#lines + 1] = "Audit trail head: " .. self.head end
+    if self.head then lines[#lines + 1] = "Audit trail head: " .. render.escape(self.head) end
     return table.concat(lines, "\n")
 end
 
@@ -100,7 +100,7 @@ function Report:markdown()
     lines[#lines + 1] = "| # | Action | Tier | Status | Detail |"
     lines[#lines + 1] = "|---|---|---|---|---|"
     for i, e in ipairs(self.steps) do
-        lines[#lines + 1] = ("| %d | `%s` | %s | %s | %s |"):format(i, render.md_text(tostring(e.action)),
+        lines[#lines + 1] = ("| %d | %s | %s | %s | %s |"):format(i, render.md_code(tostring(e.action)),
             render.md_text(tostring(e.tier)), e.status or "", render.md_text(step_detail(e)))
     end
     lines[#lines + 1] = ""
@@ -139,7 +139,7 @@ function Report:totable()
             plans[#plans].index = i
         end
     end
-    return { ok = self.ok, run_id = self.run_id, dry_run = self.dry_run,
+    return { ok = self.ok, run_id = self.run_id, plan_id = self.plan_id, plan = self.plan_digest, dry_run = self.dry_run,
              preflight_failed = self.preflight_failed, message = self.message, code = self.code,
              counts = self.counts, steps = self.steps, plans = plans, head = self.head }
 end
