@@ -353,7 +353,7 @@ static int m_webhook(lua_State *L)
         cxone_buf_add(signed_text, b->p ? b->p : "", b->len);
         if (signed_text->oom || cxone_hmac_sha256_hex(secret, sl, signed_text->p, signed_text->len, hex) != 0)
             return cxone_fail(L, "memory", "libcrypto failed to sign the webhook body");
-        snprintf(line, sizeof line, "t=%lld,v1=%s", (long long)ts, hex);
+        snprintf(line, sizeof line, "X-Cxone-Signature: t=%lld,v1=%s", (long long)ts, hex);
         spec.signature = line;
     }
     if (b->oom) return cxone_fail(L, "memory", "out of memory preparing the webhook");

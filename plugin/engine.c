@@ -340,7 +340,7 @@ const char *cx_status_failure(long status, int attempts, int webhook, const char
         return "not_found";
     }
     if (status == 409 || status == 412) {
-        snprintf(msg, cap, "the target changed since the plan was made (HTTP %ld); re-read it and "
+        snprintf(msg, cap, "conflict (HTTP %ld): the target changed since the plan was made; re-read it and "
                  "plan again (after a retried PATCH/PUT with If-Match this can also mean an earlier "
                  "attempt was applied but its answer was lost)", status);
         return "conflict";
@@ -695,7 +695,11 @@ cx_call *cx_call_new(cx_engine *e, const cx_spec *sp, double now)
         c->url = dup_str(sp->url ? sp->url : "");
         oom |= !c->url;
         oom |= add_line(c, "Content-Type", "application/json");
-        if (sp->signature) oom |= add_line(c, "X-Cxone-Signature", sp->signature);
+        if (sp->signature) { /* a complete header line from the binding */
+            char *l = dup_str(sp->signature);
+            if (l && c->nlines < CX_MAX_HEADERS) c->lines[c->nlines++] = l;
+            else { free(l); oom = 1; }
+        }
     } else {
         if (!sp->action || (why = cx_bad_id(sp->action, strlen(sp->action))) != NULL) {
             cx_call_fail_early(e, c, "invalid", "");

@@ -113,7 +113,7 @@ typedef struct {
     const char *if_match;       /* patch/put, optional */
     const char *idempotency_key;/* build: required (the binding makes one) */
     const char *url;            /* webhook only: the receiver's URL (checked by the binding) */
-    const char *signature;      /* webhook only, optional: the X-Cxone-Signature value */
+    const char *signature;      /* webhook only, optional: the whole X-Cxone-Signature line */
     const char *const *secrets; /* extra strings no message of this call may show (masked values) */
     const size_t *secret_lens;
     size_t nsecrets;

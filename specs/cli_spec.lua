@@ -53,7 +53,7 @@ describe("cxone CLI", function()
     it("options are checked: unknown ones, missing values, --format choices (exit 64)", function()
         local code, _, err = cxone({ "plan", "--bogus", "x.lua" })
         assert.equals(64, code)
-        assert.matches("unknown option '--bogus' for plan (it takes --format, --help, --json, --out) "
+        assert.matches("unknown option '--bogus' for plan (it takes --expires, --force, --format, --help, --json, --out) "
             .. "(see cxone plan --help)", err, 1, true)
         code, _, err = cxone({ "audit", "verify", "--head" })
         assert.equals(64, code)
