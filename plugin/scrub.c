@@ -317,6 +317,7 @@ static int gram_at(const cx_secrets *set, const char *s, size_t n, size_t q)
 
 long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
 {
+    if (n == 0) return out->oom ? -1 : 0; /* (s may be NULL) */
     if (!set || set->nform == 0) {
         cxone_buf_add(out, s, n);
         return out->oom ? -1 : 0;
