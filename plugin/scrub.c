@@ -214,6 +214,7 @@ static int add_form(cx_secrets *set, size_t off, size_t first_form, int is_b64)
     }
     set->form[set->nform++] = (struct cx_form){off, n};
     if (n > set->maxlen) set->maxlen = n;
+    if (keyset_add(&set->head4, key4(p))) return set_fail(set);
     if (n < CX_SCRUB_WINDOW) return keyset_add(&set->shortk, key4(p)) ? set_fail(set) : 0;
     if (keyset_add(&set->head, key8(p))) return set_fail(set);
     for (size_t i = 0; i + CX_SCRUB_WINDOW <= n; i++)
@@ -270,6 +271,7 @@ void cx_secrets_free(cx_secrets *set)
     keyset_free(&set->gram);
     keyset_free(&set->head);
     keyset_free(&set->shortk);
+    keyset_free(&set->head4);
     cx_secrets_init(set);
 }
 
@@ -293,7 +295,8 @@ static size_t short_hit(const cx_secrets *set, const char *s, size_t n)
 /* Whether s[0..k) is a proper start of a form (k >= CX_SCRUB_TAIL_MIN). */
 static int is_start(const cx_secrets *set, const char *s, size_t k)
 {
-    if (k >= CX_SCRUB_WINDOW && !keyset_has(&set->head, key8(s))) return 0;
+    if (k >= CX_SCRUB_WINDOW ? !keyset_has(&set->head, key8(s)) : !keyset_has(&set->head4, key4(s)))
+        return 0;
     for (size_t i = 0; i < set->nform; i++)
         if (set->form[i].n > k && memcmp(s, form_p(set, i), k) == 0) return 1;
     return 0;

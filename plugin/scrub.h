@@ -54,6 +54,7 @@ typedef struct {
                           `win` only when a 4-gram at a nearby multiple of 4 is in here */
     cx_keyset head;    /* the first 8 bytes of each of those forms (starts at a cut) */
     cx_keyset shortk;  /* the first 4 bytes of each form of 4..7 bytes */
+    cx_keyset head4;   /* the first 4 bytes of every form (starts at the end of a text) */
     size_t maxlen;     /* the longest form */
     int oom;           /* memory ran out while adding: the set fails closed (see cx_scrub) */
 } cx_secrets;

@@ -289,6 +289,39 @@ static void test_retry_delay(void)
     CHECK(cx_retry_delay(&c, 1, -1, 0, 0.5) == CX_PAST_DEADLINE);
 }
 
+/* Random header values (a deterministic sweep, under valgrind too): every value read is
+ * absent or a finite, non-negative number; Retry-After within [0, CX_RETRY_AFTER_MAX]. */
+static void test_random_values(void)
+{
+    static const char *const names[] = {"X-RateLimit-Limit", "X-RateLimit-Remaining",
+        "X-RateLimit-Reset", "Retry-After", "RateLimit", "RateLimit-Policy", "RateLimit-Reset"};
+    static const char alphabet[] = "0123456789.,;=\" qrtwlimitGMTSunNov -:";
+    unsigned long long x = 42;
+    int all = 1;
+    for (int round = 0; round < 20000; round++) {
+        char v[48];
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        size_t n = x % sizeof v;
+        for (size_t i = 0; i < n; i++) {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            v[i] = (x >> 60) & 1 ? (char)(x >> 8) : alphabet[(x >> 16) % (sizeof alphabet - 1)];
+        }
+        char *heap = malloc(n ? n : 1); /* exactly n bytes: a read past them is seen by valgrind */
+        if (!heap) abort();
+        memcpy(heap, v, n);
+        cx_rlinfo r;
+        cx_rlinfo_init(&r);
+        const char *name = names[round % 7];
+        all &= cx_rlinfo_header(&r, name, strlen(name), heap, n, 1.7e9) == 1;
+        double f[5] = {r.limit, r.remaining, r.reset, r.window, r.retry_after};
+        for (int i = 0; i < 5; i++) all &= f[i] == -1 || (isfinite(f[i]) && f[i] >= 0);
+        double d = cx_retry_after_parse(heap, n, 1.7e9);
+        all &= d == -1 || (d >= 0 && d <= CX_RETRY_AFTER_MAX);
+        free(heap);
+    }
+    CHECK(all);
+}
+
 /* ---- simulated runs: a token-bucket server (R/s, burst R) and a client of `conc` callers ---- */
 
 typedef struct {
@@ -407,6 +440,7 @@ int main(void)
     test_pacer_basics();
     test_pacer_learning();
     test_retry_delay();
+    test_random_values();
     test_simulated();
     printf("%d passed, %d failed\n", passed, failed);
     return failed ? 1 : 0;
