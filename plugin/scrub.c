@@ -262,6 +262,13 @@ int cx_secrets_add_str(cx_secrets *set, const char *s)
 
 size_t cx_secrets_count(const cx_secrets *set) { return set->nsecrets; }
 
+void cx_secrets_chain(cx_secrets *set, const cx_secrets *parent)
+{
+    for (const cx_secrets *p = parent; p; p = p->parent)
+        if (p == set) return; /* no cycles */
+    set->parent = parent;
+}
+
 void cx_secrets_free(cx_secrets *set)
 {
     cxone_buf_free(&set->text); /* wiped */
@@ -280,33 +287,69 @@ void cx_secrets_free(cx_secrets *set)
 static const char *form_p(const cx_secrets *set, size_t i) { return set->text.p + set->form[i].off; }
 
 /* The length of the longest whole form of under 8 bytes at s[0..n) (0 if none). */
-static size_t short_hit(const cx_secrets *set, const char *s, size_t n)
+static size_t short_hit(const cx_secrets *chain, const char *s, size_t n)
 {
     size_t best = 0;
-    if (n < CX_SCRUB_MIN || !keyset_has(&set->shortk, key4(s))) return 0;
-    for (size_t i = 0; i < set->nform; i++) {
-        size_t fn = set->form[i].n;
-        if (fn < CX_SCRUB_WINDOW && fn <= n && fn > best && memcmp(s, form_p(set, i), fn) == 0)
-            best = fn;
+    if (n < CX_SCRUB_MIN) return 0;
+    for (const cx_secrets *set = chain; set; set = set->parent) {
+        if (!keyset_has(&set->shortk, key4(s))) continue;
+        for (size_t i = 0; i < set->nform; i++) {
+            size_t fn = set->form[i].n;
+            if (fn < CX_SCRUB_WINDOW && fn <= n && fn > best && memcmp(s, form_p(set, i), fn) == 0)
+                best = fn;
+        }
     }
     return best;
 }
 
-/* Whether s[0..k) is a proper start of a form (k >= CX_SCRUB_TAIL_MIN). */
-static int is_start(const cx_secrets *set, const char *s, size_t k)
+/* Lookups over the set and its parents. */
+static int win_has(const cx_secrets *set, uint64_t k)
 {
-    if (k >= CX_SCRUB_WINDOW ? !keyset_has(&set->head, key8(s)) : !keyset_has(&set->head4, key4(s)))
-        return 0;
-    for (size_t i = 0; i < set->nform; i++)
-        if (set->form[i].n > k && memcmp(s, form_p(set, i), k) == 0) return 1;
+    for (; set; set = set->parent)
+        if (keyset_has(&set->win, k)) return 1;
+    return 0;
+}
+
+static int gram_has(const cx_secrets *set, uint64_t k)
+{
+    for (; set; set = set->parent)
+        if (keyset_has(&set->gram, k)) return 1;
+    return 0;
+}
+
+/* What the chain holds: forms, shorts, the longest form, and whether memory ran out. */
+typedef struct { size_t nform, maxlen; int shorts, oom; } chain_info;
+
+static chain_info info_of(const cx_secrets *set)
+{
+    chain_info c = {0, 0, 0, 0};
+    for (; set; set = set->parent) {
+        c.nform += set->nform;
+        if (set->maxlen > c.maxlen) c.maxlen = set->maxlen;
+        c.shorts |= set->shortk.count || set->shortk.zero;
+        c.oom |= set->oom;
+    }
+    return c;
+}
+
+/* Whether s[0..k) is a proper start of a form (k >= CX_SCRUB_TAIL_MIN). */
+static int is_start(const cx_secrets *chain, const char *s, size_t k)
+{
+    for (const cx_secrets *set = chain; set; set = set->parent) {
+        if (k >= CX_SCRUB_WINDOW ? !keyset_has(&set->head, key8(s)) : !keyset_has(&set->head4, key4(s)))
+            continue;
+        for (size_t i = 0; i < set->nform; i++)
+            if (set->form[i].n > k && memcmp(s, form_p(set, i), k) == 0) return 1;
+    }
     return 0;
 }
 
 /* The length of the longest proper start of a form, of kmin..kmax bytes, that ends s[0..n). */
-static size_t tail_start(const cx_secrets *set, const char *s, size_t n, size_t kmin, size_t kmax)
+static size_t tail_start(const cx_secrets *set, const char *s, size_t n, size_t kmin, size_t kmax,
+                         size_t maxlen)
 {
     if (kmax > n) kmax = n;
-    if (set->maxlen && kmax > set->maxlen - 1) kmax = set->maxlen - 1;
+    if (maxlen && kmax > maxlen - 1) kmax = maxlen - 1;
     for (size_t k = kmax; k >= kmin && k > 0; k--)
         if (is_start(set, s + n - k, k)) return k;
     return 0;
@@ -315,24 +358,25 @@ static size_t tail_start(const cx_secrets *set, const char *s, size_t n, size_t 
 /* Whether s[q..q+4) is a 4-gram of a form. */
 static int gram_at(const cx_secrets *set, const char *s, size_t n, size_t q)
 {
-    return q + 4 <= n && keyset_has(&set->gram, key4(s + q));
+    return q + 4 <= n && gram_has(set, key4(s + q));
 }
 
 long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
 {
     if (n == 0) return out->oom ? -1 : 0; /* (s may be NULL) */
-    if (!set || set->nform == 0) {
+    chain_info ci = info_of(set);
+    if (ci.nform == 0) {
         cxone_buf_add(out, s, n);
         return out->oom ? -1 : 0;
     }
-    if (set->oom) {
+    if (ci.oom) {
         cxone_buf_add(out, CX_SCRUB_MARK, MARK_LEN);
         return -1;
     }
     long marks = 0;
     size_t run = 0;          /* s[run..) is not written yet */
     size_t hs = 0, he = 0;   /* the hit being extended: s[hs..he), none when he == 0 */
-    int shorts = set->shortk.count || set->shortk.zero;
+    int shorts = ci.shorts;
     /* A window s[i..i+8) of a form holds the 4-gram at each multiple of 4 q in [i, i+4]: the
      * window is looked up only when one of those is a 4-gram of a form. gc = G(cq) and
      * gn = G(cq + 4), cq = i rounded up to a multiple of 4, each G computed once. */
@@ -347,7 +391,7 @@ long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
             gn = gram_at(set, s, n, c + 4);
         }
         int cand = gc || ((i & 3) == 0 && gn);
-        if (cand && n - i >= CX_SCRUB_WINDOW && keyset_has(&set->win, key8(s + i)))
+        if (cand && n - i >= CX_SCRUB_WINDOW && win_has(set, key8(s + i)))
             end = i + CX_SCRUB_WINDOW;
         if (shorts) {
             size_t k = short_hit(set, s + i, n - i);
@@ -368,7 +412,7 @@ long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
         he = end;
     }
     /* a start cut off by the end of the text (8+ bytes of one are runs, found above) */
-    size_t k = tail_start(set, s, n, CX_SCRUB_TAIL_MIN, CX_SCRUB_WINDOW - 1);
+    size_t k = tail_start(set, s, n, CX_SCRUB_TAIL_MIN, CX_SCRUB_WINDOW - 1, ci.maxlen);
     if (k) {
         if (he && n - k <= he) he = n;
         else {
@@ -394,10 +438,11 @@ long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
 
 int cx_scrub_cut(const cx_secrets *set, const char *s, size_t *n)
 {
-    if (!set || set->nform == 0 || set->oom) return 0;
+    chain_info ci = info_of(set);
+    if (ci.nform == 0 || ci.oom) return 0;
     int cut = 0;
     for (;;) { /* until no start ends it: what a cut uncovers may be one too */
-        size_t k = tail_start(set, s, *n, CX_SCRUB_TAIL_MIN, set->maxlen);
+        size_t k = tail_start(set, s, *n, CX_SCRUB_TAIL_MIN, ci.maxlen, ci.maxlen);
         if (!k) return cut;
         *n -= k;
         cut = 1;

@@ -44,7 +44,8 @@ typedef struct {
  * The set copies what it is given and owns the copies; cx_secrets_free wipes every byte that
  * held a secret or a piece of one (forms and index alike) before releasing it. Fields are
  * private. A zeroed struct is an empty set (cx_secrets_init makes one). */
-typedef struct {
+typedef struct cx_secrets {
+    const struct cx_secrets *parent; /* scrubbed too (cx_secrets_chain); not owned */
     cxone_buf text;    /* every form, back to back */
     struct cx_form { size_t off, n; } *form;
     size_t nform, capform;
@@ -66,9 +67,15 @@ void cx_secrets_init(cx_secrets *set);
 int cx_secrets_add(cx_secrets *set, const char *p, size_t n);
 /* Same for a NUL-terminated secret; NULL is ignored. */
 int cx_secrets_add_str(cx_secrets *set, const char *s);
-/* The number of secrets added (ignored ones not counted). */
+/* The number of secrets added to set itself (ignored ones and parents' not counted). */
 size_t cx_secrets_count(const cx_secrets *set);
-/* Wipes and releases everything; the set is empty (and usable) again. */
+/* Makes every scrub with set also scrub parent's secrets (and its parents'), without copying
+ * them: e.g. a client-wide set (client secret, token), built once and rebuilt when the token
+ * changes, as the parent of each call's set (its masked values). parent is not owned and must
+ * outlive set's use (or be unchained with NULL); a chain that would loop is refused (no
+ * change). Lookups cost one per set in the chain. */
+void cx_secrets_chain(cx_secrets *set, const cx_secrets *parent);
+/* Wipes and releases everything; the set is empty (and usable) again, with no parent. */
 void cx_secrets_free(cx_secrets *set);
 
 /* Appends s[0..n) to out with the rule above applied. Returns the number of markers written,

@@ -277,6 +277,40 @@ static void test_across_secrets(void)
     cx_secrets_free(&set);
 }
 
+/* A call's set chained to a client-wide one: both scrubbed, nothing copied. */
+static void test_chain(void)
+{
+    cx_secrets client, call;
+    cx_secrets_init(&client);
+    cx_secrets_init(&call);
+    CHECK(cx_secrets_add_str(&client, "client-secret-0123") == 0);
+    CHECK(cx_secrets_add_str(&client, "t0k!") == 0);
+    CHECK(cx_secrets_add_str(&call, "masked-value-4567") == 0);
+    CHECK(SCRUBS(&call, "a secret-0123 b value-4567 t0k!", "a secret-0123 b [redacted] t0k!"));
+    cx_secrets_chain(&call, &client);
+    CHECK(SCRUBS(&call, "a secret-0123 b value-4567 t0k!", "a [redacted] b [redacted] [redacted]"));
+    CHECK(SCRUBS(&call, "a client-secret-0123%20", "a [redacted]%20"));  /* forms of the parent */
+    CHECK(SCRUBS(&call, "cut at clie", "cut at [redacted]"));            /* a parent's start */
+    size_t n = 11;
+    CHECK(cx_scrub_cut(&call, "cut at clie", &n) == 1 && n == 7);
+    CHECK(cx_secrets_count(&call) == 1);
+    /* the parent alone does not see the child's */
+    CHECK(SCRUBS(&client, "value-4567", "value-4567"));
+    /* a loop is refused */
+    cx_secrets_chain(&client, &call);
+    CHECK(client.parent == NULL);
+    cx_secrets_chain(&call, &call);
+    CHECK(call.parent == &client);
+    /* a parent that ran out of memory makes the chain fail closed */
+    client.oom = 1;
+    CHECK(SCRUBS(&call, "anything", "[redacted]"));
+    client.oom = 0;
+    cx_secrets_chain(&call, NULL);
+    CHECK(SCRUBS(&call, "client-secret-0123", "client-secret-0123"));
+    cx_secrets_free(&call);
+    cx_secrets_free(&client);
+}
+
 /* The message form and the in-place form. */
 static void test_message_inplace(void)
 {
@@ -456,6 +490,7 @@ int main(int argc, char **argv)
     test_forms();
     test_base64();
     test_across_secrets();
+    test_chain();
     test_message_inplace();
     test_spans();
     test_wiped();

@@ -1,12 +1,13 @@
 /* libFuzzer harness: plugin/scrub.c (cx_scrub, cx_scrub_message, cx_scrub_cut, cx_scrub_inplace)
  * against forms of the secrets computed here independently (JSON through json.c's encoder and
- * our own \uXXXX writer, URL-encoding, base64 written here). Input: byte 0 (low 2 bits + 1) the
- * number of secrets; per secret a length byte (% 48) and its bytes; then the text: a byte under
- * 0xF0 is itself, 0xFF escapes the next byte, and 0xF0..0xFE splices a piece of a secret's form
- * (next bytes: secret, form, start, length). Invariants: outside "[redacted]" markers no output
- * holds 8 bytes of a form of 8+ bytes, nor a whole form of 4..7 bytes; no output ends (outside
- * a marker) with a 4+ byte proper start of a form (secrets under 4 bytes are ignored); messages are printable and NUL-terminated
- * within cap; a cut only shortens. */
+ * our own \uXXXX writer, URL-encoding, base64 written here). Input: byte 0: low 2 bits + 1 the
+ * number of secrets, bit 2 puts the odd ones in a parent set the set is chained to; per secret
+ * a length byte (% 48) and its bytes; then the text: a byte under 0xF0 is itself, 0xFF escapes
+ * the next byte, and 0xF0..0xFE splices a piece of a secret's form (next bytes: secret, form,
+ * start, length). Invariants: outside "[redacted]" markers no output holds 8 bytes of a form
+ * of 8+ bytes, nor a whole form of 4..7 bytes; no output ends (outside a marker) with a 4+
+ * byte proper start of a form (secrets under 4 bytes are ignored); messages are printable and
+ * NUL-terminated within cap; a cut only shortens. */
 #include <ctype.h>
 #include <stdint.h>
 
@@ -202,11 +203,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     ns = have;
     forms_t F[MAXS];
-    cx_secrets set;
+    cx_secrets set, parent; /* odd secrets go to a parent the set is chained to (when bit 2) */
     cx_secrets_init(&set);
+    cx_secrets_init(&parent);
+    int chained = data[0] & 4;
+    if (chained) cx_secrets_chain(&set, &parent);
     for (size_t i = 0; i < ns; i++) {
         make_forms(&F[i], sec[i], sl[i]);
-        FUZZ_CHECK(cx_secrets_add(&set, (const char *)sec[i], sl[i]) == 0, "add failed");
+        cx_secrets *to = chained && (i & 1) ? &parent : &set;
+        FUZZ_CHECK(cx_secrets_add(to, (const char *)sec[i], sl[i]) == 0, "add failed");
     }
     /* the text */
     cxone_buf text;
@@ -258,6 +263,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     cxone_buf_free(&out);
     cxone_buf_free(&text);
     cx_secrets_free(&set);
+    cx_secrets_free(&parent);
     for (size_t i = 0; i < ns; i++) free_forms(&F[i]);
     return 0;
 }
