@@ -30,11 +30,12 @@
 #define CX_SCRUB_MIN 4
 #define CX_SCRUB_TAIL_MIN 4
 
-/* Hash set of 8-byte keys with a 64 Kibit filter in front of it (private to scrub.c). */
+/* Hash set of 8-byte keys with a bit filter in front of it (private to scrub.c). */
 typedef struct {
-    uint64_t *slot; /* 0 = empty; the key 0 itself is `zero` */
-    uint64_t *bits; /* 1 << 16 bits: one per hash value's top 16 bits present */
+    uint64_t *slot; /* cap slots; 0 = empty; the key 0 itself is `zero` */
+    uint64_t *bits; /* cap * 8 bits, indexed by a key hash's top bits (hash >> fshift) */
     size_t cap, count;
+    unsigned fshift;
     int zero;
 } cx_keyset;
 
@@ -43,7 +44,11 @@ typedef struct {
  * per call (or once per client for the client secret and token) and scrub many texts with it.
  * The set copies what it is given and owns the copies; cx_secrets_free wipes every byte that
  * held a secret or a piece of one (forms and index alike) before releasing it. Fields are
- * private. A zeroed struct is an empty set (cx_secrets_init makes one). */
+ * private. A zeroed struct is an empty set (cx_secrets_init makes one).
+ * Costs (measured on a shared 2-core VM, see tests/c/test_scrub.c): scrubbing runs at a few
+ * hundred MB/s whatever the number of secrets; adding costs about 5 us per 24-byte value with
+ * quotes and non-ASCII (13 forms), about 150 us for a 1200-byte token: build a call's set when
+ * there is server text to scrub, and keep the client-wide one (cx_secrets_chain). */
 typedef struct cx_secrets {
     const struct cx_secrets *parent; /* scrubbed too (cx_secrets_chain); not owned */
     cxone_buf text;    /* every form, back to back */
