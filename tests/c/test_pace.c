@@ -326,12 +326,36 @@ static void test_random_values(void)
 
 typedef struct {
     double rate, level, t;
-    int headers;   /* send X-RateLimit-* on every answer (else only Retry-After on 429s) */
+    int headers;   /* X-RateLimit-*: 0 never (only Retry-After on 429s), 1 on every answer,
+                      2 only on 429s */
+    double window; /* > 0: a fixed window of rate * window requests instead of a bucket */
+    double used_in, win_start;
 } server;
+
+static long serve_window(server *s, double now, cx_rlinfo *r)
+{
+    double limit = s->rate * s->window;
+    if (now >= s->win_start + s->window) {
+        s->win_start = floor(now / s->window) * s->window;
+        s->used_in = 0;
+    }
+    double reset = s->win_start + s->window - now;
+    long status = 200;
+    cx_rlinfo_init(r);
+    if (s->used_in < limit) s->used_in++;
+    else { status = 429; r->retry_after = ceil(reset); }
+    if (s->headers == 1 || (s->headers == 2 && status == 429)) {
+        r->limit = limit;
+        r->remaining = limit - s->used_in;
+        r->reset = reset;
+    }
+    return status;
+}
 
 /* One request at `now`: 200 or 429, and what the answer says. */
 static long serve(server *s, double now, cx_rlinfo *r)
 {
+    if (s->window > 0) return serve_window(s, now, r);
     double cap = s->rate;
     s->level = fmin(cap, s->level + (now - s->t) * s->rate);
     s->t = now;
@@ -344,7 +368,7 @@ static long serve(server *s, double now, cx_rlinfo *r)
         status = 429;
         r->retry_after = ceil((1 - s->level) / s->rate);
     }
-    if (s->headers) {
+    if (s->headers == 1 || (s->headers == 2 && status == 429)) {
         r->limit = cap;
         r->remaining = floor(s->level);
         r->reset = (cap - s->level) / s->rate;
@@ -407,24 +431,27 @@ static void test_simulated(void)
 {
     const int n = 400;
     const double R = 20;
-    for (int headers = 0; headers < 2; headers++) {
-        server s = {R, R, 0, headers};
-        cx_pacer p;
-        cx_pacer_init(&p, 0, 8);
-        long req, r429;
-        int lost;
-        double wall = simulate(&s, &p, n, 0.02, &req, &r429, &lost);
-        double share = (double)r429 / (double)req;
-        fprintf(stderr, "  %s: %d calls, %ld requests, %ld 429 (%.1f %%), wall %.2f s = %.2f x requests/R,"
-                " paced %.1f s\n", headers ? "X-RateLimit-* on every answer" : "429 + Retry-After only",
-                n, req, r429, 100 * share, wall, wall / (req / R), p.paced_s);
-        CHECK(lost == 0);
-        /* the targets, under a deterministic fake clock (the first burst of R is free) */
-        CHECK(share <= 0.02);
-        CHECK(wall <= 1.15 * (req / R));
-    }
+    static const char *const how[] = {"429 + Retry-After only", "X-RateLimit-* on every answer",
+                                      "X-RateLimit-* only on 429s"};
+    for (int window = 0; window < 2; window++)
+        for (int headers = 0; headers < 3; headers++) {
+            server s = {R, R, 0, headers, window ? 5 : 0, 0, 0};
+            cx_pacer p;
+            cx_pacer_init(&p, 0, 8);
+            long req, r429;
+            int lost;
+            double wall = simulate(&s, &p, n, 0.02, &req, &r429, &lost);
+            double share = (double)r429 / (double)req;
+            fprintf(stderr, "  %s, %s: %d calls, %ld requests, %ld 429 (%.1f %%), wall %.2f s ="
+                    " %.2f x requests/R, paced %.1f s\n", window ? "fixed 5 s window" : "token bucket",
+                    how[headers], n, req, r429, 100 * share, wall, wall / (req / R), p.paced_s);
+            CHECK(lost == 0);
+            /* the targets, under a deterministic fake clock (the first burst is free) */
+            CHECK(share <= 0.02);
+            CHECK(wall <= 1.15 * (req / R));
+        }
     /* the operator's rate alone: no 429 at all */
-    server s = {R, R, 0, 0};
+    server s = {R, R, 0, 0, 0, 0, 0};
     cx_pacer p;
     cx_pacer_init(&p, R * 0.95, 8);
     long req, r429;
