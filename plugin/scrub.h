@@ -21,8 +21,12 @@
  * - . _ ~ as %XX, upper- and lower-case hex; and form-style with '+' for a space); base64,
  * standard and URL-safe, at each of the three byte alignments the secret can have inside a
  * longer encoded text (only the characters the secret's bytes determine: a base64 form is kept
- * only when that is at least 8 characters, so base64 catches secrets of 6 bytes or more).
+ * only when that is at least 8 characters, so base64 catches secrets of 6 bytes or more, 7 at
+ * the other two alignments).
  * Each run of scrubbed bytes (overlapping or adjacent hits merged) becomes one CX_SCRUB_MARK.
+ * Not covered, by design: pieces under 8 bytes inside a text (and a text that starts with the
+ * last 4..7 bytes of a secret); other encodings (hex, HTML entities, double URL-encoding, JSON's
+ * optional "\/", a base64 form under 8 characters).
  * Our own plain text is never given to these functions (the caller scrubs server text only).
  * Everything works on bytes: any encoding, NULs included. */
 #define CX_SCRUB_MARK "[redacted]"
