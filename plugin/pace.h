@@ -44,7 +44,9 @@ double cx_retry_after_parse(const char *v, size_t n, double wall);
 /* A GCRA (token bucket) shared by all the calls of one engine, with AIMD concurrency.
  * The rate is the lower of the operator's (set_rps) and the learned one, either being 0 for
  * none; 0 overall means unlimited. Fields may be read (statistics, tracing); change them only
- * through the functions, except `burst`, which may be set after init. */
+ * through the functions, except `burst`, which may be set after init. Plain data without
+ * pointers: a host may keep it in memory shared by its workers (under its own lock), so that
+ * they pace together. */
 typedef struct {
     double set_rps;        /* the operator's limit (rate_limit option, CXONE_MAX_RPS, --max-rps) */
     double learned_rps;    /* learned from headers and 429s (0 = nothing learned) */
@@ -72,10 +74,10 @@ typedef struct {
 #define CX_LEARN_NONE 0
 #define CX_LEARN_POLICY 1    /* limit / window from the headers */
 #define CX_LEARN_REMAINING 2 /* remaining / reset (only the window's rest; lifted when plenty) */
-#define CX_LEARN_429 3       /* multiplicative decrease on a 429 without usable headers */
+#define CX_LEARN_429 3       /* from 429s without usable headers (see cx_pacer_observe) */
 
 #define CX_PACE_MARGIN 0.95   /* header-learned rates are paced at this fraction */
-#define CX_PACE_DECREASE 0.7  /* a 429 without headers: rate times this */
+#define CX_PACE_DECREASE 0.7  /* a 429 with neither headers nor 2xx to go by: rate times this */
 #define CX_PACE_INCREASE 1.02 /* each quiet round after that: rate times this */
 
 /* set_rps <= 0: none. conc_max < 1 is taken as 1; concurrency starts at conc_max. */

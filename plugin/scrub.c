@@ -33,7 +33,9 @@ static uint64_t key4(const char *p)
     return k;
 }
 
-#define FILTER_WORDS (1u << 10) /* 1 << 16 bits */
+/* The filter has 8 bits per slot (16+ per key, as the load stays under 1/2): a lookup of an
+ * absent key reads the table about once in 16. */
+#define FILTER_WORDS(cap) ((cap) / 8)
 
 static void keyset_free(cx_keyset *s)
 {
@@ -42,10 +44,17 @@ static void keyset_free(cx_keyset *s)
         free(s->slot);
     }
     if (s->bits) {
-        OPENSSL_cleanse(s->bits, FILTER_WORDS * sizeof *s->bits);
+        OPENSSL_cleanse(s->bits, FILTER_WORDS(s->cap) * sizeof *s->bits);
         free(s->bits);
     }
     memset(s, 0, sizeof *s);
+}
+
+/* filter bit of hash h in a filter of 64 << fshift... bits: the top bits of h */
+static int filter_has(const cx_keyset *s, uint64_t h)
+{
+    uint64_t b = h >> s->fshift;
+    return (s->bits[b >> 6] >> (b & 63)) & 1;
 }
 
 static int keyset_has(const cx_keyset *s, uint64_t k)
@@ -53,7 +62,7 @@ static int keyset_has(const cx_keyset *s, uint64_t k)
     if (k == 0) return s->zero;
     if (!s->count) return 0;
     uint64_t h = mix(k);
-    if (!(s->bits[h >> 54] & (1ULL << ((h >> 48) & 63)))) return 0;
+    if (!filter_has(s, h)) return 0;
     size_t m = s->cap - 1;
     for (size_t i = (size_t)h & m;; i = (i + 1) & m) {
         if (s->slot[i] == k) return 1;
@@ -61,37 +70,56 @@ static int keyset_has(const cx_keyset *s, uint64_t k)
     }
 }
 
-static void keyset_put(uint64_t *slot, size_t cap, uint64_t k)
+/* Puts k (not 0) into the table and filter; returns 1 if it was not there. */
+static int keyset_put(uint64_t *slot, uint64_t *bits, unsigned fshift, size_t cap, uint64_t k)
 {
     size_t m = cap - 1;
-    size_t i = (size_t)mix(k) & m;
+    uint64_t h = mix(k);
+    size_t i = (size_t)h & m;
     while (slot[i] != 0 && slot[i] != k) i = (i + 1) & m;
+    if (slot[i] == k) return 0;
     slot[i] = k;
+    uint64_t b = h >> fshift;
+    bits[b >> 6] |= 1ULL << (b & 63);
+    return 1;
+}
+
+/* Makes room for `more` keys at a load of at most 1/2 (a new table and filter, rehashed). */
+static int keyset_reserve(cx_keyset *s, size_t more)
+{
+    if (more > SIZE_MAX / 4 - s->count) return -1;
+    size_t need = (s->count + more) * 2, cap = s->cap ? s->cap : 64;
+    while (cap < need) cap *= 2;
+    if (cap == s->cap) return 0;
+    if (cap > SIZE_MAX / sizeof(uint64_t) / 2) return -1;
+    unsigned fshift = 64;
+    for (size_t nb = cap * 8; nb > 1; nb >>= 1) fshift--; /* cap * 8 = 1 << (64 - fshift) */
+    uint64_t *slot = calloc(cap, sizeof *slot);
+    uint64_t *bits = calloc(FILTER_WORDS(cap), sizeof *bits);
+    if (!slot || !bits) {
+        free(slot);
+        free(bits);
+        return -1;
+    }
+    for (size_t i = 0; i < s->cap; i++)
+        if (s->slot[i]) keyset_put(slot, bits, fshift, cap, s->slot[i]);
+    size_t count = s->count;
+    int zero = s->zero;
+    keyset_free(s); /* wipes the old table */
+    s->slot = slot;
+    s->bits = bits;
+    s->cap = cap;
+    s->fshift = fshift;
+    s->count = count;
+    s->zero = zero;
+    return 0;
 }
 
 static int keyset_add(cx_keyset *s, uint64_t k)
 {
     if (k == 0) { s->zero = 1; return 0; }
-    if (keyset_has(s, k)) return 0;
-    if (!s->bits && !(s->bits = calloc(FILTER_WORDS, sizeof *s->bits))) return -1;
-    if ((s->count + 1) * 2 > s->cap) {
-        size_t cap = s->cap ? s->cap * 2 : 64;
-        if (cap > SIZE_MAX / sizeof(uint64_t) / 2) return -1;
-        uint64_t *slot = calloc(cap, sizeof *slot);
-        if (!slot) return -1;
-        for (size_t i = 0; i < s->cap; i++)
-            if (s->slot[i]) keyset_put(slot, cap, s->slot[i]);
-        if (s->slot) {
-            OPENSSL_cleanse(s->slot, s->cap * sizeof *s->slot);
-            free(s->slot);
-        }
-        s->slot = slot;
-        s->cap = cap;
-    }
-    uint64_t h = mix(k);
-    s->bits[h >> 54] |= 1ULL << ((h >> 48) & 63);
-    keyset_put(s->slot, s->cap, k);
-    s->count++;
+    if ((s->count + 1) * 2 > s->cap && keyset_reserve(s, 1)) return -1;
+    s->count += (size_t)keyset_put(s->slot, s->bits, s->fshift, s->cap, k);
     return 0;
 }
 
@@ -173,14 +201,17 @@ static void form_b64(cxone_buf *b, const unsigned char *s, size_t n, size_t alig
 {
     const char *al = url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
                          : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t lo = 8 * align, hi = 8 * (align + n);
-    for (size_t j = (lo + 5) / 6; 6 * j + 6 <= hi; j++) {
+    size_t lo = 8 * align, hi = 8 * (align + n); /* the secret's bits in the stream */
+    size_t first = (lo + 5) / 6, last = hi / 6;  /* characters [first, last) */
+    /* byte j of the stream is s[j - align] (zero before and after: those bits are not used) */
+    for (size_t g = first / 4 * 3; g < align + n; g += 3) {
         unsigned v = 0;
-        for (size_t bit = 6 * j; bit < 6 * j + 6; bit++) {
-            size_t byte = bit / 8 - align;
-            v = (v << 1) | ((s[byte] >> (7 - bit % 8)) & 1);
+        for (size_t j = g; j < g + 3; j++)
+            v = v << 8 | (j >= align && j - align < n ? s[j - align] : 0);
+        for (size_t c = 0; c < 4; c++) {
+            size_t ch = g / 3 * 4 + c;
+            if (ch >= first && ch < last) cxone_buf_addc(b, al[(v >> (18 - 6 * c)) & 63]);
         }
-        cxone_buf_addc(b, al[v]);
     }
 }
 
@@ -214,12 +245,37 @@ static int add_form(cx_secrets *set, size_t off, size_t first_form, int is_b64)
     }
     set->form[set->nform++] = (struct cx_form){off, n};
     if (n > set->maxlen) set->maxlen = n;
-    if (n < CX_SCRUB_WINDOW) return keyset_add(&set->shortk, key4(p)) ? set_fail(set) : 0;
-    if (keyset_add(&set->head, key8(p))) return set_fail(set);
-    for (size_t i = 0; i + CX_SCRUB_WINDOW <= n; i++)
-        if (keyset_add(&set->win, key8(p + i))) return set_fail(set);
-    for (size_t i = 0; i + 4 <= n; i++)
-        if (keyset_add(&set->gram, key4(p + i))) return set_fail(set);
+    return 0;
+}
+
+/* Indexes the forms from `first` on: room for all their keys first, then the keys. */
+static int index_forms(cx_secrets *set, size_t first)
+{
+    size_t nwin = 0, ngram = 0, nlong = 0, nshort = 0;
+    for (size_t f = first; f < set->nform; f++) {
+        size_t n = set->form[f].n;
+        if (n < CX_SCRUB_WINDOW) { nshort++; continue; }
+        nlong++;
+        nwin += n - CX_SCRUB_WINDOW + 1;
+        ngram += n - 3;
+    }
+    if (keyset_reserve(&set->win, nwin) || keyset_reserve(&set->gram, ngram)
+        || keyset_reserve(&set->head, nlong) || keyset_reserve(&set->shortk, nshort)
+        || keyset_reserve(&set->head4, nlong + nshort))
+        return set_fail(set);
+    for (size_t f = first; f < set->nform; f++) {
+        const char *p = set->text.p + set->form[f].off;
+        size_t n = set->form[f].n;
+        int rc = keyset_add(&set->head4, key4(p));
+        if (n < CX_SCRUB_WINDOW) {
+            rc |= keyset_add(&set->shortk, key4(p));
+        } else {
+            rc |= keyset_add(&set->head, key8(p));
+            for (size_t i = 0; i + CX_SCRUB_WINDOW <= n; i++) rc |= keyset_add(&set->win, key8(p + i));
+            for (size_t i = 0; i + 4 <= n; i++) rc |= keyset_add(&set->gram, key4(p + i));
+        }
+        if (rc) return set_fail(set);
+    }
     return 0;
 }
 
@@ -250,6 +306,7 @@ int cx_secrets_add(cx_secrets *set, const char *p, size_t n)
         }
         if (add_form(set, off, first, kind >= 7)) return -1;
     }
+    if (index_forms(set, first)) return -1;
     set->nsecrets++;
     return 0;
 }
@@ -261,6 +318,13 @@ int cx_secrets_add_str(cx_secrets *set, const char *s)
 
 size_t cx_secrets_count(const cx_secrets *set) { return set->nsecrets; }
 
+void cx_secrets_chain(cx_secrets *set, const cx_secrets *parent)
+{
+    for (const cx_secrets *p = parent; p; p = p->parent)
+        if (p == set) return; /* no cycles */
+    set->parent = parent;
+}
+
 void cx_secrets_free(cx_secrets *set)
 {
     cxone_buf_free(&set->text); /* wiped */
@@ -270,6 +334,7 @@ void cx_secrets_free(cx_secrets *set)
     keyset_free(&set->gram);
     keyset_free(&set->head);
     keyset_free(&set->shortk);
+    keyset_free(&set->head4);
     cx_secrets_init(set);
 }
 
@@ -278,32 +343,69 @@ void cx_secrets_free(cx_secrets *set)
 static const char *form_p(const cx_secrets *set, size_t i) { return set->text.p + set->form[i].off; }
 
 /* The length of the longest whole form of under 8 bytes at s[0..n) (0 if none). */
-static size_t short_hit(const cx_secrets *set, const char *s, size_t n)
+static size_t short_hit(const cx_secrets *chain, const char *s, size_t n)
 {
     size_t best = 0;
-    if (n < CX_SCRUB_MIN || !keyset_has(&set->shortk, key4(s))) return 0;
-    for (size_t i = 0; i < set->nform; i++) {
-        size_t fn = set->form[i].n;
-        if (fn < CX_SCRUB_WINDOW && fn <= n && fn > best && memcmp(s, form_p(set, i), fn) == 0)
-            best = fn;
+    if (n < CX_SCRUB_MIN) return 0;
+    for (const cx_secrets *set = chain; set; set = set->parent) {
+        if (!keyset_has(&set->shortk, key4(s))) continue;
+        for (size_t i = 0; i < set->nform; i++) {
+            size_t fn = set->form[i].n;
+            if (fn < CX_SCRUB_WINDOW && fn <= n && fn > best && memcmp(s, form_p(set, i), fn) == 0)
+                best = fn;
+        }
     }
     return best;
 }
 
-/* Whether s[0..k) is a proper start of a form (k >= CX_SCRUB_TAIL_MIN). */
-static int is_start(const cx_secrets *set, const char *s, size_t k)
+/* Lookups over the set and its parents. */
+static int win_has(const cx_secrets *set, uint64_t k)
 {
-    if (k >= CX_SCRUB_WINDOW && !keyset_has(&set->head, key8(s))) return 0;
-    for (size_t i = 0; i < set->nform; i++)
-        if (set->form[i].n > k && memcmp(s, form_p(set, i), k) == 0) return 1;
+    for (; set; set = set->parent)
+        if (keyset_has(&set->win, k)) return 1;
+    return 0;
+}
+
+static int gram_has(const cx_secrets *set, uint64_t k)
+{
+    for (; set; set = set->parent)
+        if (keyset_has(&set->gram, k)) return 1;
+    return 0;
+}
+
+/* What the chain holds: forms, shorts, the longest form, and whether memory ran out. */
+typedef struct { size_t nform, maxlen; int shorts, oom; } chain_info;
+
+static chain_info info_of(const cx_secrets *set)
+{
+    chain_info c = {0, 0, 0, 0};
+    for (; set; set = set->parent) {
+        c.nform += set->nform;
+        if (set->maxlen > c.maxlen) c.maxlen = set->maxlen;
+        c.shorts |= set->shortk.count || set->shortk.zero;
+        c.oom |= set->oom;
+    }
+    return c;
+}
+
+/* Whether s[0..k) is a proper start of a form (k >= CX_SCRUB_TAIL_MIN). */
+static int is_start(const cx_secrets *chain, const char *s, size_t k)
+{
+    for (const cx_secrets *set = chain; set; set = set->parent) {
+        if (k >= CX_SCRUB_WINDOW ? !keyset_has(&set->head, key8(s)) : !keyset_has(&set->head4, key4(s)))
+            continue;
+        for (size_t i = 0; i < set->nform; i++)
+            if (set->form[i].n > k && memcmp(s, form_p(set, i), k) == 0) return 1;
+    }
     return 0;
 }
 
 /* The length of the longest proper start of a form, of kmin..kmax bytes, that ends s[0..n). */
-static size_t tail_start(const cx_secrets *set, const char *s, size_t n, size_t kmin, size_t kmax)
+static size_t tail_start(const cx_secrets *set, const char *s, size_t n, size_t kmin, size_t kmax,
+                         size_t maxlen)
 {
     if (kmax > n) kmax = n;
-    if (set->maxlen && kmax > set->maxlen - 1) kmax = set->maxlen - 1;
+    if (maxlen && kmax > maxlen - 1) kmax = maxlen - 1;
     for (size_t k = kmax; k >= kmin && k > 0; k--)
         if (is_start(set, s + n - k, k)) return k;
     return 0;
@@ -312,23 +414,25 @@ static size_t tail_start(const cx_secrets *set, const char *s, size_t n, size_t 
 /* Whether s[q..q+4) is a 4-gram of a form. */
 static int gram_at(const cx_secrets *set, const char *s, size_t n, size_t q)
 {
-    return q + 4 <= n && keyset_has(&set->gram, key4(s + q));
+    return q + 4 <= n && gram_has(set, key4(s + q));
 }
 
 long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
 {
-    if (!set || set->nform == 0) {
+    if (n == 0) return out->oom ? -1 : 0; /* (s may be NULL) */
+    chain_info ci = info_of(set);
+    if (ci.nform == 0) {
         cxone_buf_add(out, s, n);
         return out->oom ? -1 : 0;
     }
-    if (set->oom) {
+    if (ci.oom) {
         cxone_buf_add(out, CX_SCRUB_MARK, MARK_LEN);
         return -1;
     }
     long marks = 0;
     size_t run = 0;          /* s[run..) is not written yet */
     size_t hs = 0, he = 0;   /* the hit being extended: s[hs..he), none when he == 0 */
-    int shorts = set->shortk.count || set->shortk.zero;
+    int shorts = ci.shorts;
     /* A window s[i..i+8) of a form holds the 4-gram at each multiple of 4 q in [i, i+4]: the
      * window is looked up only when one of those is a 4-gram of a form. gc = G(cq) and
      * gn = G(cq + 4), cq = i rounded up to a multiple of 4, each G computed once. */
@@ -343,7 +447,7 @@ long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
             gn = gram_at(set, s, n, c + 4);
         }
         int cand = gc || ((i & 3) == 0 && gn);
-        if (cand && n - i >= CX_SCRUB_WINDOW && keyset_has(&set->win, key8(s + i)))
+        if (cand && n - i >= CX_SCRUB_WINDOW && win_has(set, key8(s + i)))
             end = i + CX_SCRUB_WINDOW;
         if (shorts) {
             size_t k = short_hit(set, s + i, n - i);
@@ -364,7 +468,7 @@ long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
         he = end;
     }
     /* a start cut off by the end of the text (8+ bytes of one are runs, found above) */
-    size_t k = tail_start(set, s, n, CX_SCRUB_TAIL_MIN, CX_SCRUB_WINDOW - 1);
+    size_t k = tail_start(set, s, n, CX_SCRUB_TAIL_MIN, CX_SCRUB_WINDOW - 1, ci.maxlen);
     if (k) {
         if (he && n - k <= he) he = n;
         else {
@@ -390,10 +494,11 @@ long cx_scrub(const cx_secrets *set, const char *s, size_t n, cxone_buf *out)
 
 int cx_scrub_cut(const cx_secrets *set, const char *s, size_t *n)
 {
-    if (!set || set->nform == 0 || set->oom) return 0;
+    chain_info ci = info_of(set);
+    if (ci.nform == 0 || ci.oom) return 0;
     int cut = 0;
     for (;;) { /* until no start ends it: what a cut uncovers may be one too */
-        size_t k = tail_start(set, s, *n, CX_SCRUB_TAIL_MIN, set->maxlen);
+        size_t k = tail_start(set, s, *n, CX_SCRUB_TAIL_MIN, ci.maxlen, ci.maxlen);
         if (!k) return cut;
         *n -= k;
         cut = 1;
