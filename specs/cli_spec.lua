@@ -36,6 +36,24 @@ describe("cxone CLI", function()
         os.remove(dir .. "/audit.jsonl")
     end)
 
+    it("--max-rps paces the client (and is checked: exit 64 when not a positive number)", function()
+        local code, _, err = cxone({ "plan", "--max-rps", "0", dir .. "/plain.lua" }, env)
+        assert.equals(64, code)
+        assert.matches("--max-rps takes a number", err, 1, true)
+        local denv = {}
+        for k, v in pairs(env) do denv[k] = v end
+        denv.CXONE_DEBUG = "1"
+        code, _, err = cxone({ "plan", "--max-rps", "4", dir .. "/plain.lua" }, denv)
+        assert.equals(2, code) -- changes pending
+        -- the engine's trace: requests held by a limit of 4 per second (the flag reached it)
+        assert.matches("by the rate limit (4.0 requests/s)", err, 1, true)
+        -- CXONE_MAX_RPS too, the lower of the two winning
+        denv.CXONE_MAX_RPS = "3"
+        code, _, err = cxone({ "plan", "--max-rps", "4", dir .. "/plain.lua" }, denv)
+        assert.equals(2, code)
+        assert.matches("by the rate limit (3.0 requests/s)", err, 1, true)
+    end)
+
     it("--help works for every command (exit 0, usage on stdout)", function()
         for _, c in ipairs{ "plan", "apply", "validate", "drift", "vars", "audit", "repl", "completion" } do
             local code, out = cxone({ c, "--help" })
@@ -53,7 +71,7 @@ describe("cxone CLI", function()
     it("options are checked: unknown ones, missing values, --format choices (exit 64)", function()
         local code, _, err = cxone({ "plan", "--bogus", "x.lua" })
         assert.equals(64, code)
-        assert.matches("unknown option '--bogus' for plan (it takes --expires, --force, --format, --help, --json, --out) "
+        assert.matches("unknown option '--bogus' for plan (it takes --expires, --force, --format, --help, --json, --max-rps, --out) "
             .. "(see cxone plan --help)", err, 1, true)
         code, _, err = cxone({ "audit", "verify", "--head" })
         assert.equals(64, code)

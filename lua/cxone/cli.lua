@@ -24,6 +24,7 @@ commands:
 
 `cxone help COMMAND` (or `cxone COMMAND --help`) prints a command's help.
 options (every command): --help, --json (machine output on stdout)
+  --max-rps N on plan, apply, drift and vars: at most N API requests per second (CXONE_MAX_RPS)
 exit status: 0 success, 1 error, 2 changes pending (plan) or drift (drift), 64 usage error
   --format text|json|markdown on plan, apply and drift (markdown: tables for a pull-request
   comment or a CI job summary; --json is --format json)
@@ -143,6 +144,12 @@ function Ctx:show(obj, extra)
 end
 
 local function client(ctx, opts)
+    if ctx.flags.max_rps then
+        local o = {}
+        for k, v in pairs(opts or {}) do o[k] = v end
+        o.rate_limit = ctx.flags.max_rps
+        opts = o
+    end
     local c, msg, code = require("cxone.client").new(opts)
     if not c then
         ctx:fail(msg, code)
@@ -515,8 +522,9 @@ end
 -- The command line's grammar, on lua-argparse: commands, their options, and the completion
 -- scripts it generates. Help texts stay ours (USAGE, HELP), so `--help` reads the same.
 local COMMANDS = {
-    plan = { "--out", "--force", "--expires", "--format" }, apply = { "--yes", "--format" }, validate = {},
-    drift = { "--format", "--ignore", "--expect-differ", "--strict" }, vars = {},
+    plan = { "--out", "--force", "--expires", "--format", "--max-rps" },
+    apply = { "--yes", "--format", "--max-rps" }, validate = {},
+    drift = { "--format", "--ignore", "--expect-differ", "--strict", "--max-rps" }, vars = { "--max-rps" },
     audit = { "--head", "--after" }, sim = false, repl = {}, completion = {}, help = {},
 }
 local OPTION = {
@@ -525,6 +533,8 @@ local OPTION = {
     ["--yes"] = { "-y --yes", "apply without asking", flag = true },
     ["--force"] = { "--force", "replace an existing saved plan", flag = true },
     ["--expires"] = { "--expires", "how long the saved plan stays valid (default 1d)", arg = "DURATION" },
+    ["--max-rps"] = { "--max-rps", "send at most N API requests per second (the tenant's budget is shared; "
+        .. "CXONE_MAX_RPS too, the lower wins)", arg = "N" },
     ["--head"] = { "--head", "the hash the trail must end at", arg = "HASH" },
     ["--after"] = { "--after", "the hash the trail continues from", arg = "HASH" },
     ["--ignore"] = { "--ignore", "never count this variable as drift (repeatable)", arg = "NAME", many = true },
@@ -726,6 +736,14 @@ function M.main(argv)
     if ctx.flags.help then
         io.stdout:write(HELP[cmd])
         return 0
+    end
+    if ctx.flags.max_rps then
+        local n = tonumber(ctx.flags.max_rps)
+        if not n or n <= 0 or n > 100000 then
+            return ctx:usage(("--max-rps takes a number of requests per second in (0, 100000], not '%s'")
+                :format(tostring(ctx.flags.max_rps)), cmd)
+        end
+        ctx.flags.max_rps = n
     end
     local arity = ARITY[cmd]
     if arity then

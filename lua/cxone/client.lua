@@ -42,7 +42,8 @@ M.ENV = ENV
 local REQUIRED = { "base_url", "client_id", "client_secret" }
 local CORE_OPTS = { "base_url", "token_url", "client_id", "client_secret", "access_key_id",
     "access_key_secret", "ca_file", "insecure_http", "debug", "retries", "timeout",
-    "connect_timeout", "scope", "basic_auth", "user_agent", "deadline" }
+    "connect_timeout", "scope", "basic_auth", "user_agent", "deadline", "rate_limit", "max_concurrency",
+    "retry_after_cap", "refresh_margin", "backoff_base", "backoff_cap" }
 -- failures after which a write may have landed (or did, and a retry then saw 412): re-read
 local RECONCILE = { conflict = true, network = true, server = true, format = true, timeout = true }
 
