@@ -601,3 +601,68 @@ describe("an emptied audit trail (issue 21: fail closed)", function()
         assert.is_nil((core.audit_verify(path, { key = "audit-key-1" })))
     end)
 end)
+
+describe("a server that echoes part of a secret, or bends the format (issue 21)", function()
+    local sim
+    setup(function() sim = simlib.start() end)
+    teardown(function() sim:stop() end)
+    before_each(function() assert.equals(200, (sim:post_json("/_sim/reset", {}))) end)
+
+    -- the middle of the canary, 12 bytes, in several encodings a server might echo it in
+    local MIDDLE = CANARY:sub(5, 16)
+    local function json_ascii(s)
+        return (s:gsub("[\128-\255][\128-\191]*", function(ch)
+            local cp = ch:byte(1) % 32 * 64 + (ch:byte(2) or 0) % 64
+            return ("\\u%04x"):format(cp)
+        end):gsub("\t", "\\t"))
+    end
+    local function url(s)
+        return (s:gsub("[^%w%-%._~]", function(ch) return ("%%%02X"):format(ch:byte()) end))
+    end
+
+    it("a piece of a masked value in an error never reaches stderr, --json or the audit trail", function()
+        for _, echo in ipairs{ MIDDLE, json_ascii(MIDDLE), url(MIDDLE) } do
+            local work = simlib.tmpdir()
+            simlib.write_file(work .. "/book.lua", ([[
+return { { action = %q, tier = "development",
+           variables = { HOSTILE_KEY = { value = env("HOSTILE_SECRET"), masked = true } } } }
+]]):format(A1))
+            sim:fault{ method = "PATCH", path = VARS, kind = "status", status = 400,
+                       body = '{"message":"value rejected near \'' .. echo .. '\' (check it)"}' }
+            local env = simlib.sim_env(sim, work)
+            env.HOSTILE_SECRET = CANARY
+            local code, out, err = cli({ "apply", "--yes", "--json", work .. "/book.lua" }, env)
+            local audit = simlib.read_file(work .. "/audit.jsonl") or ""
+            os.execute("rm -rf " .. sh(work))
+            assert.equals(1, code, err)
+            assert.matches("value rejected near", out, 1, true) -- the rest of the message is shown
+            assert.matches("[redacted]", out, 1, true)
+            assert.matches("apply.finished", audit, 1, true)
+            for what, text in pairs{ stdout = out, stderr = err, audit = audit } do
+                assert_no_piece(text, CANARY, what)
+                assert.is_nil(text:find(echo, 1, true), what .. " shows the echo " .. echo)
+            end
+        end
+    end)
+
+    it("`masked` that is not a JSON boolean makes the answer a format failure", function()
+        local c = assert(core.client{ base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret })
+        for _, m in ipairs{ "0", "1", '"false"', '"true"', "null", "{}" } do
+            sim:fault{ method = "GET", path = VARS, kind = "status", status = 200,
+                       body = '{"actionId":"' .. A1 .. '","environmentId":"dev","variables":'
+                           .. '[{"name":"K","value":"v","masked":' .. m .. '}]}' }
+            local r, msg, code = c:get(A1, "dev")
+            assert.is_nil(r, m)
+            assert.equals("format", code, m)
+            assert.matches("masked", msg, 1, true)
+        end
+        -- a boolean is fine, and so is a variable without `masked`
+        sim:fault{ method = "GET", path = VARS, kind = "status", status = 200,
+                   body = '{"actionId":"' .. A1 .. '","environmentId":"dev","variables":[{"name":"K","value":"v"}]}' }
+        assert.is_table((c:get(A1, "dev")))
+        sim:fault{ method = "GET", path = VARS, kind = "status", status = 200,
+                   body = '{"actionId":"' .. A1 .. '","environmentId":"dev","variables":'
+                       .. '[{"name":"K","value":"v","masked":false}]}' }
+        assert.is_table((c:get(A1, "dev")))
+    end)
+end)
