@@ -30,6 +30,8 @@ static volatile sig_atomic_t g_first;  /* the first one's number */
 static volatile sig_atomic_t g_words;  /* 1 while g_line/g_path/g_size may be used by the handler */
 static char *g_line, *g_path, *g_note;
 static size_t g_len, g_note_len;
+static char *g_first_note;             /* written to stderr on the first signal (signal_arm's note) */
+static size_t g_first_note_len;
 static off_t g_size;
 
 static void write_all_raw(int fd, const char *p, size_t n)
@@ -66,7 +68,10 @@ static void last_words(int signo)
 static void on_signal(int signo)
 {
     int saved = errno;
-    if (g_count == 0) g_first = signo;
+    if (g_count == 0) {
+        g_first = signo;
+        if (g_first_note) write_all_raw(2, g_first_note, g_first_note_len);
+    }
     if (g_count < 1000) g_count++;
     if (g_count >= 2 && g_words) last_words(signo);
     errno = saved;
@@ -109,7 +114,8 @@ static int install(lua_State *L, int signo, const struct sigaction *act)
  * @tparam {string,...} names e.g. `{"INT", "TERM"}`
  * @tparam[opt] table opts `restart` (default false): restart interrupted system calls; false
  *   makes a blocking read (a confirmation prompt) return at once; `ignore`: names of signals to
- *   ignore meanwhile (`{"XFSZ"}`: a write past the file size limit fails with EFBIG instead)
+ *   ignore meanwhile (`{"XFSZ"}`: a write past the file size limit fails with EFBIG instead);
+ *   `note`: text written to stderr when the first signal arrives (what happens now)
  * @treturn[1] true
  * @treturn[2] fail code "system"
  */
@@ -146,8 +152,29 @@ static int l_signal_arm(lua_State *L)
         }
         lua_pop(L, 1);
     }
+    const char *note = NULL;
+    size_t note_len = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        lua_getfield(L, 2, "note");
+        if (!lua_isnil(L, -1)) {
+            luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 2, "option 'note' must be a string");
+            note = lua_tolstring(L, -1, &note_len);
+        }
+        lua_pop(L, 1); /* the string stays reachable from opts while it is copied below */
+    }
+    char *copy = NULL;
+    if (note) {
+        copy = malloc(note_len ? note_len : 1);
+        if (!copy) return cxone_fail(L, "memory", "out of memory");
+        memcpy(copy, note, note_len);
+    }
     g_count = 0;
     g_first = 0;
+    char *old_note = g_first_note;
+    g_first_note = NULL; /* the handler never sees a half-set note */
+    g_first_note_len = note_len;
+    g_first_note = copy;
+    free(old_note);
     struct sigaction act;
     memset(&act, 0, sizeof act);
     act.sa_handler = on_signal;
@@ -243,6 +270,9 @@ static int l_signal_restore(lua_State *L)
     clear_words();
     for (int i = g_nsaved - 1; i >= 0; i--) sigaction(g_saved[i].signo, &g_saved[i].old, NULL);
     g_nsaved = 0;
+    free(g_first_note);
+    g_first_note = NULL;
+    g_first_note_len = 0;
     g_count = 0;
     g_first = 0;
     lua_pushboolean(L, 1);

@@ -62,7 +62,8 @@ Stop.__index = Stop
 local function new_stop(c, signals)
     local st = setmetatable({ c = c, count = 0 }, Stop)
     if type(signals) == "table" and #signals > 0 then
-        local ok = core.signal_arm(signals, { restart = true, ignore = { "XFSZ" } })
+        local ok = core.signal_arm(signals, { restart = true, ignore = { "XFSZ" }, note = "\ncxone: interrupted: "
+            .. "no new write starts; the writes in flight finish and are recorded (interrupt again to stop at once)\n" })
         st.armed = ok == true
     end
     return st
@@ -409,8 +410,10 @@ function M.apply_all(c, rep, opts)
     if c.dry_run or rep.dry_run then return rep end
     rep.applied = true
 
+    local st = new_stop(c, opts.signals) -- before the first record: a full file fails, never kills
     local ok, err = begin_run(c, rep, pend)
     if not ok then
+        st:restore()
         rep.ok, rep.code = false, "audit"
         rep.message = "nothing written: " .. tostring(err)
         for _, i in ipairs(pend) do rep:set(i, "not_attempted", { code = "not_attempted" }) end
@@ -418,7 +421,6 @@ function M.apply_all(c, rep, opts)
         return rep
     end
 
-    local st = new_stop(c, opts.signals)
     st.words = function(unknown) return interrupted_record(rep, pend, st, unknown) end
     local ctx = { concurrency = concurrency, max_read_age = max_age, stop = st, owed_queued = 0 }
     local run = function()
@@ -468,9 +470,12 @@ function M.apply_all(c, rep, opts)
     if st.count > 0 then
         rep.interrupted = { signal = st.signal, signo = st.signo }
     end
-    st:restore()
-    if not rok then error(rerr, 0) end
+    if not rok then
+        st:restore()
+        error(rerr, 0)
+    end
     end_run(c, rep, pend, st)
+    st:restore()
     if ctx.owed_queued > 0 then
         events.warn(c, ("queued %d build(s) an earlier run owed (its writes landed, their builds did not)")
             :format(ctx.owed_queued))
