@@ -125,7 +125,7 @@ end
 local PROGRESS_MIN = 10
 local function progress_line(total, c)
     local tty = is_tty(2)
-    if total < PROGRESS_MIN and not (c and not tty) then return nil end
+    if total < PROGRESS_MIN and not c then return nil end
     local core = require("cxone.core")
     local t0 = core.monotonic()
     local width = 0

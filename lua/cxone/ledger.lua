@@ -136,8 +136,12 @@ function Ledger:reload()
             end
             text = ""
         else
-            text = f:read("*a") or ""
+            local rerr
+            text, rerr = f:read("*a")
             f:close()
+            if not text then
+                return nil, ("masked-value ledger %s is unreadable: %s"):format(self.path, tostring(rerr)), "io"
+            end
         end
     end
     local entries, perr = parse(text)
