@@ -621,7 +621,8 @@ static int follow_rotation(audit *a, head *carry, int *rotated)
  * (names only; entries given as tables are reduced to their names), `drift_count`, `changes`,
  * `latency_ms`, `attempts`, `status`, `error`, `code`, `build_id`, `etag`, `dry_run`, `user`,
  * `steps`, `plan`, `build_status`, `build_code`, `reconciled`, `head`, `message`, `applied`,
- * `failed`, `bytes`, `dropped_sha256`. Unknown fields are an argument error. `seq`, `ts`,
+ * `failed`, `bytes`, `dropped_sha256`, `not_attempted`, `unknown`, `signal`. Unknown fields are
+ * an argument error. `seq`, `ts`,
  * `chain` (and `key_id` when keyed), `prev` and `hash` are added.
  * A torn last line (a writer killed mid-write) is cut off first, under the lock, and recorded:
  * an `audit.torn_tail_dropped` record with its `bytes` and `dropped_sha256` precedes this one.
