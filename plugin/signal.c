@@ -77,13 +77,15 @@ static void on_signal(int signo)
     errno = saved;
 }
 
-static int signo_of(lua_State *L, int idx)
+/* The number of the signal named by the string at idx (a list entry of argument arg). */
+static int signo_of(lua_State *L, int idx, int arg)
 {
-    const char *name = luaL_checkstring(L, idx);
+    if (lua_type(L, idx) != LUA_TSTRING) return luaL_argerror(L, arg, "signal names must be strings");
+    const char *name = lua_tostring(L, idx);
     if (strncmp(name, "SIG", 3) == 0) name += 3;
     for (int i = 0; SIGNALS[i].name; i++)
         if (strcmp(SIGNALS[i].name, name) == 0) return SIGNALS[i].signo;
-    return luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s' (INT, TERM, HUP, XFSZ, PIPE)", name));
+    return luaL_argerror(L, arg, lua_pushfstring(L, "unknown signal '%s' (INT, TERM, HUP, XFSZ, PIPE)", name));
 }
 
 static const char *name_of(int signo)
@@ -134,7 +136,7 @@ static int l_signal_arm(lua_State *L)
     if (n > 16) return luaL_argerror(L, 1, "too many signals");
     for (int i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
-        nums[i - 1] = signo_of(L, lua_gettop(L));
+        nums[i - 1] = signo_of(L, lua_gettop(L), 1);
         lua_pop(L, 1);
     }
     int ign[16], nign = 0;
@@ -146,7 +148,7 @@ static int l_signal_arm(lua_State *L)
             if (nign > 16) return luaL_argerror(L, 2, "too many signals");
             for (int i = 1; i <= nign; i++) {
                 lua_rawgeti(L, -1, i);
-                ign[i - 1] = signo_of(L, lua_gettop(L));
+                ign[i - 1] = signo_of(L, lua_gettop(L), 2);
                 lua_pop(L, 1);
             }
         }
