@@ -157,12 +157,19 @@ local function progress_line(total, c)
     end
 end
 
-local function show_plans(ctx, rep)
+-- Renders the plans (apply: only those with something to do; the report lists the others).
+local function show_plans(ctx, rep, pending_only)
     if ctx.json or ctx.markdown then return end
+    local skipped = 0
     for i = 1, #rep.steps do
         local p = rep.plans[i]
-        if p then ctx:out(p:render({ color = ctx.color })); ctx:out("") end
+        if p and pending_only and not p:pending() then
+            skipped = skipped + 1
+        elseif p then
+            ctx:out(p:render({ color = ctx.color })); ctx:out("")
+        end
     end
+    if skipped > 0 then ctx:out(("(%d step%s with nothing to change not shown)"):format(skipped, skipped == 1 and "" or "s")) end
 end
 
 local function show_warnings(ctx, c)
@@ -201,7 +208,7 @@ local function apply_saved(ctx, path)
         if ctx.json then ctx:emit({ ok = false, error = tostring(err), code = code }) end
         return 1
     end
-    show_plans(ctx, rep)
+    show_plans(ctx, rep, true)
     return apply_report(ctx, c, rep)
 end
 
@@ -232,7 +239,7 @@ local function run_playbook(ctx, path, dry)
     local rep = c:plan_all({ steps = book.steps, concurrency = book.concurrency,
                              on_progress = progress_line(#book.steps) })
     show_warnings(ctx, c)
-    show_plans(ctx, rep)
+    show_plans(ctx, rep, not dry)
     if rep.preflight_failed then
         ctx:err("%s", rep.message)
         if ctx.json then ctx:emit(rep:totable()) end
