@@ -208,13 +208,18 @@ describe("crashes and full disks", function()
         local pb = dir .. "/staging.lua"
         write_file(pb, book({ ("{ action = %q, tier = 'staging', variables = { KILLED_FLAG = 'k' } }"):format(A2) }, 1))
         sim:fault{ method = "PATCH", kind = "delay", delay_ms = 1500, count = 1 }
-        local builds = sim:stats().builds_queued
+        local builds, patches = sim:stats().builds_queued, sim:count("PATCH")
         local p = spawn({ "apply", "--yes", pb }, env)
         local recs = audit_records(dir .. "/audit.jsonl")
         wait_for(function()
             recs = audit_records(dir .. "/audit.jsonl")
             return #events_of(recs, "apply.intent") > 0
         end, "the write's intent in the trail")
+        -- the PATCH has reached the sim when it took the armed fault (the fault list is empty)
+        wait_for(function()
+            local faults = sim:get_json("/_sim/faults")
+            return #(faults.faults or faults) == 0
+        end, "the PATCH to reach the sim")
         p.kill("KILL")
         local code = p.wait()
         assert.equals(137, code)
@@ -234,13 +239,17 @@ describe("crashes and full disks", function()
         local pcode, pout = cxone({ "plan", pb }, env)
         assert.equals(2, pcode, pout)
         assert.matches("build owed", pout, 1, true)
-        local acode, _, aerr = cxone({ "apply", "--yes", pb }, env)
+        local acode, aout, aerr = cxone({ "apply", "--yes", pb }, env)
         assert.equals(0, acode, aerr)
         assert.matches("queued 1 build(s) an earlier run owed", aerr, 1, true)
         assert.equals(builds + 1, sim:stats().builds_queued)
         assert.equals("k", env_vars(sim:state(), A2, "staging").KILLED_FLAG.value)
         -- and nothing is owed any more
         assert.equals(0, (cxone({ "plan", pb }, env)))
+        -- the killed run's slowed PATCH still reaches the sim (it was sent): let it land before
+        -- the next test counts
+        local rewrote = aout:find("applied%s+1 change") and 1 or 0 -- unless the slowed one had landed
+        wait_for(function() return sim:count("PATCH") >= patches + 1 + rewrote end, "the killed run's PATCH")
     end)
 
     it("a trail that fills up before an intent is durable: that write is not made, the run says why", function()

@@ -87,7 +87,8 @@ end
 
 -- Runs one op over several steps through core batch: i → batch result. While it runs, a second
 -- signal appends `words` (an apply.interrupted counting these steps as unknown) and exits.
-local function batch(c, rep, idx, make, opts, st)
+-- `writes`: the requests write; none starts once a signal has arrived (each result `skipped`).
+local function batch(c, rep, idx, make, opts, st, writes)
     local reqs = {}
     for k, i in ipairs(idx) do reqs[k] = make(rep.plans[i], i) end
     local out = {}
@@ -95,6 +96,12 @@ local function batch(c, rep, idx, make, opts, st)
     if st and st.armed and st.words then
         events.last_words(c, st.words(#idx), ("\ncxone: interrupted again: stopped at once; the outcome of "
             .. "%d request(s) in flight is unknown (the audit trail's apply.intent records name the writes)\n"):format(#idx))
+        -- a signal that came after the last look (while intents were recorded): no write starts
+        if writes and st:poll() then
+            events.last_words(c, nil)
+            for _, i in ipairs(idx) do out[i] = { ok = false, skipped = true } end
+            return out
+        end
     end
     local results = c.core:batch(reqs, opts)
     if st and st.armed then events.last_words(c, nil) end
@@ -221,7 +228,7 @@ local function write_chunk(c, rep, chunk, ctx)
     while #todo > 0 do
         local res = batch(c, rep, todo, function(p)
             return { op = "patch", action = p.action, env = p.tier.id, payload = p.payload, if_match = p.etag }
-        end, { concurrency = concurrency, stop_on_failure = true }, st)
+        end, { concurrency = concurrency, stop_on_failure = true }, st, true)
         local failed, skipped = {}, {}
         for _, i in ipairs(todo) do
             local r = res[i]
@@ -264,11 +271,15 @@ local function write_chunk(c, rep, chunk, ctx)
     end
     local bres = batch(c, rep, builds, function(p, i)
         return { op = "build", action = p.action, idempotency_key = keys[i] }
-    end, { concurrency = concurrency }, st)
+    end, { concurrency = concurrency }, st, true)
     for _, i in ipairs(builds) do
         local b, o = bres[i], outs[i]
         o.build_key = keys[i]
-        if b.ok and type(b.result) == "table" and type(b.result.buildId) == "string" then
+        if b.skipped then
+            o.build_code = "interrupted"
+            o.build_error = "interrupted before its build was requested: the ledger keeps it owed, "
+                .. "the next run queues it"
+        elseif b.ok and type(b.result) == "table" and type(b.result.buildId) == "string" then
             o.build_id = b.result.buildId
             c.counts.builds = c.counts.builds + 1
             if rep.plans[i].build_owed then ctx.owed_queued = ctx.owed_queued + 1 end

@@ -7,6 +7,11 @@
 -- ETag, a re-read compared with the plan's before-state), and reconciles writes whose answer
 -- was lost by re-reading the target. Nothing is written unless the audit trail accepted an
 -- `apply.started` record first.
+--
+-- This file keeps the public `Client` (settings, `vars`, `drift`, the fingerprint of masked
+-- values) and delegates to its parts: cxone.planner (reads and plans), cxone.applier (writes,
+-- intents, reconciliation, builds, interruption), cxone.events (audit records, webhooks,
+-- warnings, progress), cxone.metrics (bounded latency figures), cxone.ledger (the ledger).
 -- Works under Lua 5.1 (LuaJIT), 5.3 and 5.4.
 -- @module cxone.client
 
@@ -18,7 +23,6 @@ local reportmod = require("cxone.report")
 local ledgermod = require("cxone.ledger")
 local planner = require("cxone.planner")
 local applier = require("cxone.applier")
-local events = require("cxone.events")
 local metrics = require("cxone.metrics")
 
 local M = {}
