@@ -1,7 +1,8 @@
 --- The applier: writes exactly the plans of a report, as a transaction an operator can trust.
 --
 -- - Waves: the k-th pending step of every action together, so one action's tiers go in order;
---   each wave goes in chunks of at most `concurrency` steps (the writes in flight at once).
+--   when interruptible, each wave goes in chunks of at most `concurrency` steps (the writes in
+--   flight at once), so that after a signal no write is left queued to start.
 -- - Write-ahead: nothing is written unless the trail accepted `apply.started`; before a chunk's
 --   PATCHes start, one `apply.intent` record per write (action, environment, variable names,
 --   never values) is appended and made durable in one flush, and the builds those writes will
@@ -445,9 +446,12 @@ function M.apply_all(c, rep, opts)
         end
         local stopped, done = false, 0
         for _, wave in ipairs(waves) do
-            for from = 1, #wave, concurrency do
+            -- chunks of `concurrency` steps when interruptible (a signal must find no write queued
+            -- behind those in flight), else the whole wave at once (one flush of its intents)
+            local size = st.armed and concurrency or #wave
+            for from = 1, #wave, size do
                 local chunk = {}
-                for k = from, math.min(from + concurrency - 1, #wave) do chunk[#chunk + 1] = wave[k] end
+                for k = from, math.min(from + size - 1, #wave) do chunk[#chunk + 1] = wave[k] end
                 if not stopped and st:poll() then stopped = true end
                 if stopped then
                     for _, i in ipairs(chunk) do
