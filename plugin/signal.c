@@ -32,6 +32,8 @@ static char *g_line, *g_path, *g_note;
 static size_t g_len, g_note_len;
 static char *g_first_note;             /* written to stderr on the first signal (signal_arm's note) */
 static size_t g_first_note_len;
+static char *g_second;                 /* set: a second signal without last words writes it and exits */
+static size_t g_second_len;
 static off_t g_size;
 
 static void write_all_raw(int fd, const char *p, size_t n)
@@ -74,6 +76,10 @@ static void on_signal(int signo)
     }
     if (g_count < 1000) g_count++;
     if (g_count >= 2 && g_words) last_words(signo);
+    if (g_count >= 2 && g_second) {
+        write_all_raw(2, g_second, g_second_len);
+        _exit(128 + signo);
+    }
     errno = saved;
 }
 
@@ -117,7 +123,9 @@ static int install(lua_State *L, int signo, const struct sigaction *act)
  * @tparam[opt] table opts `restart` (default false): restart interrupted system calls; false
  *   makes a blocking read (a confirmation prompt) return at once; `ignore`: names of signals to
  *   ignore meanwhile (`{"XFSZ"}`: a write past the file size limit fails with EFBIG instead);
- *   `note`: text written to stderr when the first signal arrives (what happens now)
+ *   `note`: text written to stderr when the first signal arrives (what happens now);
+ *   `second`: text written to stderr when a second one arrives with no last words registered,
+ *   then the process exits 128 + signo at once (for phases that write nothing)
  * @treturn[1] true
  * @treturn[2] fail code "system"
  */
@@ -164,12 +172,35 @@ static int l_signal_arm(lua_State *L)
         }
         lua_pop(L, 1); /* the string stays reachable from opts while it is copied below */
     }
-    char *copy = NULL;
+    const char *second = NULL;
+    size_t second_len = 0;
+    if (!lua_isnoneornil(L, 2)) {
+        lua_getfield(L, 2, "second");
+        if (!lua_isnil(L, -1)) {
+            luaL_argcheck(L, lua_type(L, -1) == LUA_TSTRING, 2, "option 'second' must be a string");
+            second = lua_tolstring(L, -1, &second_len);
+        }
+        lua_pop(L, 1);
+    }
+    char *copy = NULL, *copy2 = NULL;
     if (note) {
         copy = malloc(note_len ? note_len : 1);
         if (!copy) return cxone_fail(L, "memory", "out of memory");
         memcpy(copy, note, note_len);
     }
+    if (second) {
+        copy2 = malloc(second_len ? second_len : 1);
+        if (!copy2) {
+            free(copy);
+            return cxone_fail(L, "memory", "out of memory");
+        }
+        memcpy(copy2, second, second_len);
+    }
+    char *old_second = g_second;
+    g_second = NULL;
+    g_second_len = second_len;
+    g_second = copy2;
+    free(old_second);
     g_count = 0;
     g_first = 0;
     char *old_note = g_first_note;
@@ -275,6 +306,9 @@ static int l_signal_restore(lua_State *L)
     free(g_first_note);
     g_first_note = NULL;
     g_first_note_len = 0;
+    free(g_second);
+    g_second = NULL;
+    g_second_len = 0;
     g_count = 0;
     g_first = 0;
     lua_pushboolean(L, 1);

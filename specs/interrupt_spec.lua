@@ -146,6 +146,25 @@ describe("interrupting apply", function()
         end)
     end
 
+    it("SIGINT while planning: aborted, nothing written, exit 130", function()
+        local pb = four_steps("PLANNING")
+        sim:fault{ method = "GET", kind = "delay", delay_ms = 1500, count = 1 }
+        local patches = sim:count("PATCH")
+        local p = spawn({ "apply", "--yes", pb }, env)
+        -- the plan's read has reached the sim when it took the armed fault
+        wait_for(function()
+            local f = sim:get_json("/_sim/faults")
+            return #(f.faults or f) == 0
+        end, "the plan's first read to reach the sim")
+        p.kill("INT")
+        local code, _, err = p.wait()
+        assert.equals(130, code, err)
+        assert.matches("aborted while planning, nothing written", err, 1, true)
+        assert.is_nil(err:find("internal error", 1, true), err)
+        assert.equals(patches, sim:count("PATCH"))
+        assert.equals(0, #events_of(audit_records(dir .. "/audit.jsonl"), "apply.started"))
+    end)
+
     it("Ctrl-C at the confirmation prompt: aborted, nothing written, exit 130", function()
         local pb = four_steps("PROMPT")
         local patches = sim:count("PATCH")

@@ -236,8 +236,19 @@ local function run_playbook(ctx, path, dry)
     end
     local c = client(ctx)
     if not c then return 1 end
+    -- Ctrl-C (or TERM) while planning: nothing was written; twice: at once
+    local core = require("cxone.core")
+    core.signal_arm({ "INT", "TERM" }, { restart = true,
+        second = "\ncxone: interrupted again while planning: stopped, nothing written\n" })
     local rep = c:plan_all({ steps = book.steps, concurrency = book.concurrency,
                              on_progress = progress_line(#book.steps) })
+    local nsig, _, signo = core.signal_poll()
+    core.signal_restore()
+    if nsig > 0 then
+        ctx:err("aborted while planning, nothing written")
+        c:close()
+        return 128 + signo
+    end
     show_warnings(ctx, c)
     show_plans(ctx, rep, not dry)
     if rep.preflight_failed then
@@ -264,7 +275,6 @@ local function run_playbook(ctx, path, dry)
     if pending > 0 and not ctx.flags.yes then
         io.stderr:write(("Apply %d step(s) with changes, exactly as shown? Type 'yes' to confirm: "):format(pending))
         -- Ctrl-C (or TERM) here makes the read return at once: aborted, nothing written
-        local core = require("cxone.core")
         core.signal_arm({ "INT", "TERM" }, { restart = false })
         local answer = io.stdin:read("*l")
         local nsig, _, signo = core.signal_poll()
