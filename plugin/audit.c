@@ -465,6 +465,7 @@ static const struct { const char *name; int type; } FIELDS[] = {
     {"user", F_STRING}, {"steps", F_INTEGER}, {"plan", F_STRING}, {"build_status", F_STRING},
     {"build_code", F_STRING}, {"reconciled", F_BOOLEAN}, {"head", F_STRING}, {"message", F_STRING},
     {"applied", F_INTEGER}, {"failed", F_INTEGER}, {"bytes", F_INTEGER}, {"dropped_sha256", F_STRING},
+    {"not_attempted", F_INTEGER}, {"unknown", F_INTEGER}, {"signal", F_STRING},
     {NULL, 0},
 };
 
@@ -620,7 +621,8 @@ static int follow_rotation(audit *a, head *carry, int *rotated)
  * (names only; entries given as tables are reduced to their names), `drift_count`, `changes`,
  * `latency_ms`, `attempts`, `status`, `error`, `code`, `build_id`, `etag`, `dry_run`, `user`,
  * `steps`, `plan`, `build_status`, `build_code`, `reconciled`, `head`, `message`, `applied`,
- * `failed`, `bytes`, `dropped_sha256`. Unknown fields are an argument error. `seq`, `ts`,
+ * `failed`, `bytes`, `dropped_sha256`, `not_attempted`, `unknown`, `signal`. Unknown fields are
+ * an argument error. `seq`, `ts`,
  * `chain` (and `key_id` when keyed), `prev` and `hash` are added.
  * A torn last line (a writer killed mid-write) is cut off first, under the lock, and recorded:
  * an `audit.torn_tail_dropped` record with its `bytes` and `dropped_sha256` precedes this one.
@@ -728,6 +730,80 @@ fail_locked: {
         errno = e;
         return head_fail(L, a->path, "cannot append", rc);
     }
+}
+
+/***
+ * Makes the records appended so far durable (fdatasync), whatever the sync option: one flush
+ * for several records (group commit), e.g. the intents of the writes about to start.
+ * @function Audit:sync
+ * @treturn[1] boolean true
+ * @treturn[2] fail code "io"
+ */
+static int l_sync(lua_State *L)
+{
+    audit *a = check_audit(L, 1);
+    if (a->pid != (long)getpid()) { lua_pushboolean(L, 1); return 1; } /* nothing of ours to sync yet */
+    int rc;
+    do rc = fdatasync(a->fd);
+    while (rc != 0 && errno == EINTR);
+    if (rc != 0) return cxone_fail(L, "io", "audit trail %s: cannot make it durable: %s", a->path, strerror(errno));
+    a->dirty = 0;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/***
+ * The line `append(record)` would add now, without writing it: for a record that must be
+ * written where no Lua can run (a signal handler), only if the file still has the size returned.
+ * Fails if the trail's end holds a torn line or was rotated (append would first repair that).
+ * @function Audit:prepare
+ * @tparam table record as for append
+ * @treturn[1] string the line (with its newline)
+ * @treturn[1] integer the file's size the line chains from
+ * @treturn[1] string the trail's path
+ * @treturn[2] fail code "io", "tampered", "key"
+ */
+static int l_prepare(lua_State *L)
+{
+    audit *a = check_audit(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_settop(L, 2);
+    cxone_buf *body = cxone_buf_push(L); /* 3 */
+    cxone_buf *line = cxone_buf_push(L); /* 4 */
+    serialise(L, 2, body);
+    if (body->oom) return cxone_fail(L, "memory", "out of memory");
+    if (own_fd(a) != 0)
+        return cxone_fail(L, "io", "audit trail %s: cannot open it again in this process: %s", a->path,
+                          strerror(errno));
+    struct stat pst, st;
+    if (stat(a->path, &pst) != 0 || fstat(a->fd, &st) != 0 || pst.st_dev != st.st_dev || pst.st_ino != st.st_ino)
+        return cxone_fail(L, "io", "audit trail %s: cannot prepare a record: the file was moved or rotated", a->path);
+    head h;
+    int rc;
+    if (lock_fd(a->fd, LOCK_SH) != 0) return head_fail(L, a->path, "cannot lock", H_ERRNO);
+    if (fstat(a->fd, &st) != 0) rc = H_ERRNO;
+    else if (a->cached && st.st_dev == a->dev && st.st_ino == a->ino && st.st_size == a->size) {
+        h.found = 1;
+        h.seq = a->seq;
+        memcpy(h.hash, a->hash, 65);
+        h.torn_bytes = 0;
+        rc = H_OK;
+    } else {
+        rc = read_head(a->fd, st.st_size, key_of(a), &h);
+    }
+    int e = errno;
+    lock_fd(a->fd, LOCK_UN);
+    errno = e;
+    if (rc != H_OK) return head_fail(L, a->path, "cannot prepare a record", rc);
+    if (h.torn_bytes) return cxone_fail(L, "io", "audit trail %s: cannot prepare a record: its end is torn", a->path);
+    char ts[32], hex[65];
+    timestamp(ts);
+    if (add_line(line, h.seq + 1, ts, body->p, body->len, h.hash, key_of(a), hex) != 0)
+        return cxone_fail(L, "memory", "out of memory");
+    lua_pushlstring(L, line->p, line->len);
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    lua_pushstring(L, a->path);
+    return 3;
 }
 
 /***
@@ -1124,6 +1200,8 @@ void cxone_audit_open(lua_State *L)
         {"close", l_close},
         {"torn", l_torn},
         {"path", l_path},
+        {"sync", l_sync},
+        {"prepare", l_prepare},
         {NULL, NULL},
     };
     static const luaL_Reg metameth[] = {

@@ -148,7 +148,7 @@ return { { action = %q, tier = "staging", variables = { MD_FLAG = "a b", MD_KEY 
         assert.equals(0, code)
         code, out = cxone({ "audit", "verify", dir .. "/audit.jsonl" }, env)
         assert.equals(0, code)
-        assert.matches("audit trail intact: 4 records", out, 1, true) -- started, 2 steps, finished
+        assert.matches("audit trail intact: 6 records", out, 1, true) -- started, 2 intents, 2 steps, finished
     end)
 
     it("apply without a terminal and without --yes refuses and writes nothing", function()
@@ -299,7 +299,7 @@ return { { action = %q, tier = "staging", variables = { MD_FLAG = "a b", MD_KEY 
             assert.equals(2, code)
             code, out = cxone({ "audit", "verify", "--json", dir .. "/many-audit.jsonl" }, e)
             assert.equals(0, code)
-            assert.equals(102, assert(json.decode(out)).records) -- started, 100 steps, finished
+            assert.equals(202, assert(json.decode(out)).records) -- started, 100 intents, 100 steps, finished
         end)
     end)
 
@@ -312,7 +312,7 @@ return { { action = %q, tier = "staging", variables = { MD_FLAG = "a b", MD_KEY 
         assert.matches("CRM_API_KEY          ***  (masked)", out, 1, true)
         assert.matches("builds queued: 2", out, 1, true)
         assert.matches("cxone.apply.succeeded", out, 1, true)
-        assert.matches("audit trail intact: 5 records", out, 1, true) -- started, 3 steps, finished
+        assert.matches("audit trail intact: 8 records", out, 1, true) -- started, 3 intents, 3 steps, finished
         assert.matches("DONE: demo finished OK", out, 1, true)
         assert.falsy(out:find("demo-crm-key-", 1, true)) -- the secret never shows
     end)

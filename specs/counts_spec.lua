@@ -148,6 +148,48 @@ describe("counts", function()
         assert.equal(0, ledger.replace)
     end)
 
+    describe("a server without ETags (issue 19: at most 3 requests per step)", function()
+        before_each(function()
+            load_actions(sim, N)
+            assert.equal(200, (sim:post_json("/_sim/config", { etag = false })))
+        end)
+        after_each(function() assert.equal(200, (sim:post_json("/_sim/config", { etag = true }))) end)
+
+        it("a fresh plan's own reads stand for the re-read: a target read, a baseline read, the write", function()
+            local code, c, _, err = cli({ "apply", "--yes" }, "noetag-1")
+            assert.equal(0, code, err)
+            assert.equal(2 * N, c.get)   -- no 4th request per step
+            assert.equal(N, c.patch)
+            assert.matches("no ETag", err, 1, true)
+            -- a re-run with nothing to change: reads only, at most 2 per step
+            code, c, _, err = cli({ "apply", "--yes" }, "noetag-1")
+            assert.equal(0, code, err)
+            assert.is_true(c.get <= 2 * N, "gets: " .. c.get)
+            assert.equal(0, c.patch)
+        end)
+
+        it("--max-read-age 0: every target is re-read just before its write", function()
+            local code, c, _, err = cli({ "apply", "--yes", "--max-read-age", "0" }, "noetag-2")
+            assert.equal(0, code, err)
+            assert.equal(3 * N, c.get)
+            assert.equal(N, c.patch)
+        end)
+
+        it("a saved plan is always re-read before writing", function()
+            local env = simlib.sim_env(sim, dir)
+            env.CXONE_MANY_N, env.CXONE_MANY_RELEASE = tostring(N), "noetag-3"
+            local plan = dir .. "/noetag-plan.json"
+            os.remove(plan)
+            local code, _, err = simlib.cxone({ "plan", "--out", plan, simlib.ROOT .. "/examples/promote-many.lua" }, env)
+            assert.equal(2, code, err)
+            local gets, patches = sim:count("GET"), sim:count("PATCH")
+            code, _, err = simlib.cxone({ "apply", plan }, env)
+            assert.equal(0, code, err)
+            assert.equal(N, sim:count("PATCH") - patches)
+            assert.equal(N, sim:count("GET") - gets) -- the re-read of each target, nothing else
+        end)
+    end)
+
     it("batch: requests counted once each, connections bounded by the concurrency, one token", function()
         load_actions(sim, N)
         local c = assert(core.client{ base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret })

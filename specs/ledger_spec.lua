@@ -61,6 +61,51 @@ describe("cxone.ledger", function()
         l:close()
     end)
 
+    it("a line that is not a record, or a file it cannot read, is an error naming the path", function()
+        local path = dir .. "/bad.json"
+        write_file(path, '{"k":"A/prod","op":"build_owed","key":"k1"}\n{"k":"A/pr\n{"k":"A/prod","op":"build_done"}\n')
+        local l, err, code = ledgermod.open(path)
+        assert.is_nil(l)
+        assert.equals("io", code)
+        assert.matches(path, err, 1, true)
+        assert.matches("line 2", err, 1, true)
+        -- a journal of another format is not guessed at either
+        write_file(path, '{"format":"cxone-ledger/9","entries":{}}\n')
+        l, err = ledgermod.open(path)
+        assert.is_nil(l)
+        assert.matches("another format", err, 1, true)
+        -- a directory where the ledger should be
+        os.execute("mkdir " .. q(dir .. "/isdir"))
+        l, err, code = ledgermod.open(dir .. "/isdir")
+        assert.is_nil(l)
+        assert.equals("io", code)
+        assert.matches("isdir", err, 1, true)
+        -- a client's ledger: the same error, and no empty ledger put in its place
+        write_file(path, 'garbage\n')
+        local fake = { cfg = { state_file = path } }
+        l, err = ledgermod.for_client(fake)
+        assert.is_nil(l)
+        assert.matches(path, err, 1, true)
+        assert.is_nil(fake.ledger)
+        assert.equals("garbage\n", read_file(path))
+    end)
+
+    it("an owed build names the run that owes it; compaction refuses an unreadable journal", function()
+        local path = dir .. "/l.json"
+        local l = assert(ledgermod.open(path))
+        l:note_build_owed("A", "staging", "cxone-r1-A-staging", "r1")
+        assert(l:flush())
+        assert.same({ key = "cxone-r1-A-staging", run = "r1" }, assert(ledgermod.open(path)):get("A", "staging").build)
+        local f = assert(io.open(path, "ab"))
+        f:write("not a record\n")
+        f:close()
+        local ok, err = l:compact()
+        assert.is_nil(ok)
+        assert.matches("line 2", err, 1, true)
+        assert.matches("not a record", read_file(path), 1, true) -- left as it was
+        l:close()
+    end)
+
     it("in memory when no path is given; planning needs no write access", function()
         local l = assert(ledgermod.open(nil))
         l:note_build_owed("A", "dev", "k")

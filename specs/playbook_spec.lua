@@ -129,15 +129,16 @@ describe("cxone.client", function()
         for line in text:gmatch("[^\n]+") do recs[#recs + 1] = json.decode(line) end
         assert.equals("apply.started", recs[1].event) -- written before anything else
         assert.same({ "PAY_TOKEN", "RETRY_LIMIT" }, recs[1].variables)
-        local rec = recs[2]
+        assert.equals("apply.intent", recs[2].event) -- durable before the write started
+        local rec = recs[3]
         assert.equals("apply", rec.event)
         assert.equals("success", rec.status)
         assert.equals(A2, rec.action_id)
         assert.equals("staging", rec.environment)
         assert.same({ "PAY_TOKEN", "RETRY_LIMIT" }, rec.variables)
         assert.equals(r.build_id, rec.build_id)
-        assert.equals("apply.finished", recs[3].event)
-        assert.equals(recs[3].hash, r.head) -- the result carries the trail's head
+        assert.equals("apply.finished", recs[4].event)
+        assert.equals(recs[4].hash, r.head) -- the result carries the trail's head
         -- webhook: signed, names only
         local ev = sim:get_json("/_sim/webhooks/apply").events
         assert.equals(1, #ev)

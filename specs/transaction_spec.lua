@@ -257,18 +257,24 @@ describe("apply as a transaction", function()
             assert.is_nil(env_vars(sim:state(), A1, "prod").WAL_FLAG)
         end)
 
-        it("the trail starts with apply.started; the summary and webhook carry its head", function()
+        it("the trail starts with apply.started, then the write's intent; the summary and webhook carry its head", function()
             env.CXONE_WEBHOOK_URL = sim.url .. "/_sim/webhooks/wal"
             local code, out, err = cxone({ "apply", "--yes", pb }, env)
             assert.equals(0, code, err)
             local recs = audit_records(dir .. "/audit.jsonl")
             assert.equals("apply.started", recs[1].event)
             assert.same({ "WAL_FLAG" }, recs[1].variables)
-            assert.equals("apply", recs[2].event)
+            -- the intent: action, environment and names, never a value, before the PATCH
+            assert.equals("apply.intent", recs[2].event)
+            assert.equals(A1, recs[2].action_id)
+            assert.equals("prod", recs[2].environment)
+            assert.same({ "WAL_FLAG" }, recs[2].variables)
+            assert.equals(recs[1].run_id, recs[2].run_id)
+            assert.equals("apply", recs[3].event)
             assert.equals("apply.finished", recs[#recs].event)
             assert.matches("Audit trail head: " .. recs[#recs].hash, out, 1, true)
             local ev = sim:get_json("/_sim/webhooks/wal").events
-            assert.equals(recs[2].hash, ev[1].body.audit_head)
+            assert.equals(recs[3].hash, ev[1].body.audit_head)
         end)
     end)
 

@@ -51,7 +51,11 @@ local HELP = {
         .. "values from the environment variables it names, and re-reading every target: anything\n"
         .. "changed since the plan was made is refused (plan again). It runs no playbook.\n"
         .. "Without a terminal, --yes is required for a playbook.\n"
-        .. "Exit status: 0 applied (or nothing to do), 1 error or conflict, 64 usage.\n",
+        .. "--max-read-age SECONDS: against a server without ETags, how long the plan's own read of a\n"
+        .. "target stands in for a re-read before writing (default 60; 0: always re-read).\n"
+        .. "Ctrl-C (or TERM) stops new writes; those in flight finish and are recorded; twice: at once.\n"
+        .. "Exit status: 0 applied (or nothing to do), 1 error or conflict, 130 interrupted (143 TERM),\n"
+        .. "64 usage.\n",
     validate = "usage: cxone validate FILE.json [--json]\n"
         .. "Validates a payload {actionId, environmentId, variables}; prints every violation.\n"
         .. "Exit status: 0 valid, 1 invalid or unreadable, 64 usage.\n",
@@ -224,27 +228,59 @@ local function preflight_message(c, rep)
     return "preflight failed, nothing written:\n  " .. table.concat(lines, "\n  ")
 end
 
--- A progress line on stderr for runs that cover many steps: rewritten in place on a
--- terminal, one line per finished phase otherwise. Nil (no progress) for small runs.
+-- Progress on stderr. Planning (runs of PROGRESS_MIN steps or more): a line rewritten in place
+-- on a terminal, one line when done otherwise. Applying: on a terminal, a live line (steps
+-- done/total, requests, rate-limit waits and 429s, ETA); without one, a line per step as its
+-- outcome is known and one when all are written. Rate-limit figures come from the client's
+-- stats (`rate_limited`, `paced_s`), read as 0 where the engine does not count them.
 local PROGRESS_MIN = 10
-local function progress_line(total)
-    if total < PROGRESS_MIN then return nil end
+local function progress_line(total, c)
     local tty = is_tty(2)
-    return function(phase, done, n)
-        if tty then
-            io.stderr:write(("\r%s %d/%d"):format(phase, done, n), done == n and "\n" or "")
-        elseif done == n then
-            io.stderr:write(("%s %d/%d\n"):format(phase, done, n))
+    if total < PROGRESS_MIN and not c then return nil end
+    local core = require("cxone.core")
+    local t0 = core.monotonic()
+    local width = 0
+    return function(phase, done, n, info)
+        if phase == "step" and c then
+            if tty then
+                local ok, s = pcall(c.core.stats, c.core)
+                s = ok and type(s) == "table" and s or {}
+                local elapsed = core.monotonic() - t0
+                local eta = done > 0 and done < n and ("  ETA %ds"):format(math.ceil(elapsed / done * (n - done))) or ""
+                local line = ("applying %d/%d  %d requests  rate-limit waits %.1fs (%d x 429)%s"):format(done, n,
+                    tonumber(s.requests) or 0, tonumber(s.paced_s) or 0, tonumber(s.rate_limited) or 0, eta)
+                local pad = width > #line and (" "):rep(width - #line) or ""
+                width = #line
+                io.stderr:write("\r", line, pad, done == n and "\n" or "")
+            elseif type(info) == "table" then
+                local detail = info.status == "applied" and ("%d change%s"):format(info.changes or 0,
+                    info.changes == 1 and "" or "s") or tostring(info.code or info.error or "")
+                io.stderr:write(("[%d/%d] %s %s: %s%s\n"):format(done, n, tostring(info.action),
+                    tostring(info.tier), tostring(info.status), detail ~= "" and (" (" .. detail .. ")") or ""))
+            end
+        elseif phase ~= "step" and total >= PROGRESS_MIN then
+            if tty then
+                io.stderr:write(("\r%s %d/%d"):format(phase, done, n), done == n and "\n" or "")
+            elseif done == n then
+                io.stderr:write(("%s %d/%d\n"):format(phase, done, n))
+            end
         end
     end
 end
 
-local function show_plans(ctx, rep)
+-- Renders the plans (apply: only those with something to do; the report lists the others).
+local function show_plans(ctx, rep, pending_only)
     if ctx.json or ctx.markdown then return end
+    local skipped = 0
     for i = 1, #rep.steps do
         local p = rep.plans[i]
-        if p then ctx:out(p:render({ color = ctx.color })); ctx:out("") end
+        if p and pending_only and not p:pending() then
+            skipped = skipped + 1
+        elseif p then
+            ctx:out(p:render({ color = ctx.color })); ctx:out("")
+        end
     end
+    if skipped > 0 then ctx:out(("(%d step%s with nothing to change not shown)"):format(skipped, skipped == 1 and "" or "s")) end
 end
 
 local function show_warnings(ctx, c)
@@ -260,12 +296,14 @@ local function apply_report(ctx, c, rep)
         c:close()
         return 0
     end
-    c:apply_all(rep, { on_progress = progress_line(pending) })
+    c:apply_all(rep, { on_progress = progress_line(pending, c), signals = { "INT", "TERM" },
+                       max_read_age = ctx.max_read_age })
     show_warnings(ctx, c)
     ctx:show(rep, { metrics = c:metrics() })
     c:close()
     if not rep.ok then
         ctx:err("%s", rep.message or "promotion incomplete: re-run to finish the remaining steps")
+        if rep.interrupted then return 128 + (rep.interrupted.signo or 2) end
         return 1
     end
     return 0
@@ -293,7 +331,7 @@ local function apply_saved(ctx, path)
         planfile.finish(claim, rep, false)
         return refuse(ferr, fcode)
     end
-    show_plans(ctx, rep)
+    show_plans(ctx, rep, true)
     local status = apply_report(ctx, c, rep)
     local attempted = rep.counts.applied + rep.counts.failed > 0
     local rok, rerr = planfile.finish(claim, rep, attempted)
@@ -328,10 +366,21 @@ local function run_playbook(ctx, path, dry)
     end
     local c = client(ctx)
     if not c then return 1 end
+    -- Ctrl-C (or TERM) while planning: nothing was written; twice: at once
+    local core = require("cxone.core")
+    core.signal_arm({ "INT", "TERM" }, { restart = true,
+        second = "\ncxone: interrupted again while planning: stopped, nothing written\n" })
     local rep = c:plan_all({ steps = book.steps, concurrency = book.concurrency,
                              on_progress = progress_line(#book.steps) })
+    local nsig, _, signo = core.signal_poll()
+    core.signal_restore()
+    if nsig > 0 then
+        ctx:err("aborted while planning, nothing written")
+        c:close()
+        return 128 + signo
+    end
     show_warnings(ctx, c)
-    show_plans(ctx, rep)
+    show_plans(ctx, rep, not dry)
     if rep.preflight_failed then
         local msg = preflight_message(c, rep)
         ctx:err("%s", msg)
@@ -366,12 +415,23 @@ local function run_playbook(ctx, path, dry)
     end
     if pending > 0 and not ctx.flags.yes then
         io.stderr:write(("Apply %d step(s) with changes, exactly as shown? Type 'yes' to confirm: "):format(pending))
+        -- Ctrl-C (or TERM) here makes the read return at once: aborted, nothing written
+        core.signal_arm({ "INT", "TERM" }, { restart = false })
         local answer = io.stdin:read("*l")
+        local nsig, _, signo = core.signal_poll()
+        core.signal_restore()
+        if nsig > 0 then
+            io.stderr:write("\n")
+            ctx:err("aborted, nothing written")
+            c:close()
+            return 128 + signo
+        end
         if answer ~= "yes" then
             ctx:err("not applied")
             c:close()
             return 1
         end
+        rep.prompted = true -- targets without ETags are re-read before writing
     end
     return apply_report(ctx, c, rep)
 end
@@ -523,7 +583,7 @@ end
 -- scripts it generates. Help texts stay ours (USAGE, HELP), so `--help` reads the same.
 local COMMANDS = {
     plan = { "--out", "--force", "--expires", "--format", "--max-rps" },
-    apply = { "--yes", "--format", "--max-rps" }, validate = {},
+    apply = { "--yes", "--format", "--max-rps", "--max-read-age" }, validate = {},
     drift = { "--format", "--ignore", "--expect-differ", "--strict", "--max-rps" }, vars = { "--max-rps" },
     audit = { "--head", "--after" }, sim = false, repl = {}, completion = {}, help = {},
 }
@@ -535,6 +595,7 @@ local OPTION = {
     ["--expires"] = { "--expires", "how long the saved plan stays valid (default 1d)", arg = "DURATION" },
     ["--max-rps"] = { "--max-rps", "send at most N API requests per second (the tenant's budget is shared; "
         .. "CXONE_MAX_RPS too, the lower wins)", arg = "N" },
+    ["--max-read-age"] = { "--max-read-age", "seconds a plan's read stands in for a re-read (no ETags)", arg = "SECONDS" },
     ["--head"] = { "--head", "the hash the trail must end at", arg = "HASH" },
     ["--after"] = { "--after", "the hash the trail continues from", arg = "HASH" },
     ["--ignore"] = { "--ignore", "never count this variable as drift (repeatable)", arg = "NAME", many = true },
@@ -744,6 +805,12 @@ function M.main(argv)
                 :format(tostring(ctx.flags.max_rps)), cmd)
         end
         ctx.flags.max_rps = n
+    end
+    if ctx.flags.max_read_age ~= nil then
+        ctx.max_read_age = tonumber(ctx.flags.max_read_age)
+        if not ctx.max_read_age or ctx.max_read_age < 0 then
+            return ctx:usage("--max-read-age must be a number of seconds, 0 or more", cmd)
+        end
     end
     local arity = ARITY[cmd]
     if arity then

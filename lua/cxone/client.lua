@@ -7,18 +7,23 @@
 -- ETag, a re-read compared with the plan's before-state), and reconciles writes whose answer
 -- was lost by re-reading the target. Nothing is written unless the audit trail accepted an
 -- `apply.started` record first.
+--
+-- This file keeps the public `Client` (settings, `vars`, `drift`, the fingerprint of masked
+-- values) and delegates to its parts: cxone.planner (reads and plans), cxone.applier (writes,
+-- intents, reconciliation, builds, interruption), cxone.events (audit records, webhooks,
+-- warnings, progress), cxone.metrics (bounded latency figures), cxone.ledger (the ledger).
 -- Works under Lua 5.1 (LuaJIT), 5.3 and 5.4.
 -- @module cxone.client
 
 local core = require("cxone.core")
 local tiers = require("cxone.tiers")
-local payload = require("cxone.payload")
-local validate = require("cxone.validate")
 local drift = require("cxone.drift")
 local planmod = require("cxone.plan")
 local reportmod = require("cxone.report")
-local playbook = require("cxone.playbook")
 local ledgermod = require("cxone.ledger")
+local planner = require("cxone.planner")
+local applier = require("cxone.applier")
+local metrics = require("cxone.metrics")
 
 local M = {}
 
@@ -44,21 +49,13 @@ local CORE_OPTS = { "base_url", "token_url", "client_id", "client_secret", "acce
     "access_key_secret", "ca_file", "insecure_http", "debug", "retries", "timeout",
     "connect_timeout", "scope", "basic_auth", "user_agent", "deadline", "rate_limit", "max_concurrency",
     "retry_after_cap", "refresh_margin", "backoff_base", "backoff_cap" }
--- failures after which a write may have landed (or did, and a retry then saw 412): re-read
-local RECONCILE = { conflict = true, network = true, server = true, format = true, timeout = true }
-
 local function getenv(name)
     local v = os.getenv(name)
     if v == "" then return nil end
     return v
 end
 
--- 16 hex digits from the OS's CSPRNG (OpenSSL RAND_bytes): distinct across forked processes.
--- Never a guessed fallback: two processes must not share a run id (builds' keys derive from it).
-local function new_run_id()
-    local u = assert(core.uuid())
-    return (u:gsub("%-", ""):sub(1, 16))
-end
+local new_run_id = planner.new_run_id
 M.new_run_id = new_run_id
 
 --- Creates a client. opts (all optional, each falls back to its CXONE_* variable):
@@ -66,7 +63,9 @@ M.new_run_id = new_run_id
 -- audit_log (default cxone_audit.jsonl; false: no trail, for library use only), audit_key,
 -- webhook_url, webhook_secret, state_file (the masked-value ledger, default
 -- `<audit_log>.masked.json`; false: none); plus dry_run, tiers (a list for cxone.tiers.new),
--- concurrency, and core options (retries, timeout, debug, ...).
+-- concurrency, max_read_age (seconds a plan's own read of a target without ETags stands in for
+-- a re-read before writing; default 60, 0: always re-read), and core options (retries,
+-- timeout, debug, ...).
 -- @treturn[1] client
 -- @treturn[2] nil, message naming the missing variable, "config"
 function M.new(opts)
@@ -92,6 +91,9 @@ function M.new(opts)
                 :format(missing, ENV[missing], missing), "config"
         end
     end
+    if cfg.max_read_age ~= nil and (type(cfg.max_read_age) ~= "number" or cfg.max_read_age < 0) then
+        return nil, "max_read_age must be a number of seconds, 0 or more", "config"
+    end
     if cfg.audit_log == nil then cfg.audit_log = "cxone_audit.jsonl" end
     if cfg.state_file == nil and type(cfg.audit_log) == "string" then
         cfg.state_file = cfg.audit_log .. ".masked.json"
@@ -111,7 +113,7 @@ function M.new(opts)
         tiers = tiers.new(cfg.tiers),
         counts = { plans = 0, applied = 0, unchanged = 0, failed = 0, not_attempted = 0,
                    builds = 0, webhooks = 0, webhook_failures = 0, conflicts = 0, reconciled = 0 },
-        latencies = {},
+        histogram = metrics.new(),
         warnings = {},
     }, Client)
     return self
@@ -121,17 +123,7 @@ function Client:__tostring()
     return ("cxone.PromoteClient (%s%s)"):format(tostring(self.core), self.dry_run and ", dry run" or "")
 end
 
-local function note_latency(self, meta)
-    if type(meta) == "table" and type(meta.latency_ms) == "number" then
-        self.latencies[#self.latencies + 1] = meta.latency_ms
-    end
-end
-
--- A warning for the caller to show (the CLI prints them on stderr), each once.
-local function warn(self, msg)
-    for _, w in ipairs(self.warnings) do if w == msg then return end end
-    self.warnings[#self.warnings + 1] = msg
-end
+local function note_latency(self, meta) self.histogram:note_meta(meta) end
 
 --- Fetches one environment's variables.
 -- @tparam string action the action id
@@ -184,133 +176,11 @@ local function fingerprint(self, action, env, name, value) -- luacheck: ignore a
 end
 M.fingerprint = fingerprint
 
--- The ledger, read on first use. One that cannot be read is a warning when planning (masked
--- values then plan as `set`); applying refuses unless it can take the ledger's lock.
-local function ledger(self)
-    if self.ledger then return self.ledger end
-    local path = self.cfg.state_file
-    local l, err = ledgermod.open(type(path) == "string" and path or nil)
-    if not l then
-        warn(self, "masked-value ledger unreadable (" .. tostring(err) .. "): masked values plan as `set`")
-        l = ledgermod.open(nil)
-    end
-    self.ledger = l
-    return l
-end
+-- The ledger, read on first use (cxone.ledger.for_client): nil and why when unreadable.
+local function ledger(self) return ledgermod.for_client(self) end
+M.ledger = ledger
 
--- planning ------------------------------------------------------------------------------------
-
-local function index_by_name(list)
-    local by = {}
-    for _, v in ipairs(list or {}) do
-        if type(v) == "table" and v.name then by[v.name] = v end
-    end
-    return by
-end
-
-local function names_of(list)
-    local out = {}
-    for i, v in ipairs(list or {}) do out[i] = v.name end
-    return out
-end
-
--- Builds the plan of a checked step from what was read: the target's answer and meta, and the
--- baseline's answer (or nil).
-local function make_plan(self, step, tier, base, target, meta, bvars)
-    local pl = payload.build(step.action, tier.id, step.variables)
-    local ok, violations = validate.check(pl, { tiers = self.tiers, existing = names_of(target.variables) })
-    if not ok then return nil, tostring(violations), "invalid" end
-
-    local current = index_by_name(target.variables)
-    local known = ledger(self):get(step.action, tier.id)
-    if not (known and meta.etag ~= nil and known.etag == meta.etag and type(known.fp) == "table") then known = nil end
-    local fingerprints, items, send, before = {}, {}, {}, {}
-    local counts = { add = 0, change = 0, set = 0, unchanged = 0 }
-    local default_desc = "Scoped override for " .. tier.id
-    for _, v in ipairs(pl.variables) do
-        local cur = current[v.name]
-        local kind
-        if v.masked then
-            fingerprints[v.name] = fingerprint(self, step.action, tier.id, v.name, v.value)
-        end
-        if not cur then
-            kind = "add"
-        elseif (cur.masked == true) ~= (v.masked == true) then
-            kind = "change"
-        elseif v.masked then
-            -- the API never shows a masked value: unchanged only if our ledger proves it
-            if known and fingerprints[v.name] and known.fp[v.name] == fingerprints[v.name] then
-                kind = "unchanged"
-            else
-                kind = "set"
-            end
-        elseif cur.value == v.value then
-            kind = "unchanged"
-        else
-            kind = "change"
-        end
-        -- a description the playbook sets is planned like a value
-        local desc = cur and v.description ~= default_desc and cur.description ~= v.description
-        if desc and kind == "unchanged" then kind = "change" end
-        counts[kind] = counts[kind] + 1
-        items[#items + 1] = {
-            name = v.name, kind = kind, masked = v.masked == true,
-            old = cur and (cur.masked and "***" or cur.value) or nil,
-            old_masked = cur and cur.masked == true or nil,
-            new = v.masked and "***" or v.value,
-            fp = fingerprints[v.name],
-            description = desc and v.description or nil, old_description = desc and cur.description or nil,
-        }
-        if kind ~= "unchanged" then
-            local e = {}
-            for k, x in pairs(v) do e[k] = x end
-            -- keep the description already there unless the playbook gives one
-            if cur and e.description == default_desc and cur.description then e.description = cur.description end
-            send[#send + 1] = e
-            before[v.name] = cur and { present = true, masked = cur.masked == true,
-                                       value = (not cur.masked) and cur.value or nil }
-                or { present = false }
-        end
-    end
-
-    local report
-    if base then
-        local r, derr, dcode = drift.compare(bvars.variables, target.variables,
-            { baseline = base.name, target = tier.name, action = step.action })
-        if not r then return nil, derr, dcode end
-        report = r
-    end
-    local entry = ledger(self):get(step.action, tier.id)
-    local owed = tier.build and entry and entry.build or nil
-    return planmod.new({
-        action = step.action, tier = tier, baseline = base,
-        etag = meta.etag, items = items, counts = counts, fingerprints = fingerprints,
-        changes = counts.add + counts.change + counts.set, before = before,
-        build_owed = owed,
-        drift = report,
-        payload = { actionId = step.action, environmentId = tier.id, variables = send },
-    })
-end
-
--- Reads every (action, environment) the steps need once, with bounded concurrency.
--- Returns key → batch result ({ok, result, meta, error, code}).
-local function read_all(self, pairs_list, concurrency)
-    local reqs = {}
-    for k, p in ipairs(pairs_list) do reqs[k] = { op = "get", action = p[1], env = p[2] } end
-    local out = {}
-    if #reqs == 0 then return out end
-    local results = self.core:batch(reqs, { concurrency = concurrency })
-    for k, p in ipairs(pairs_list) do
-        local r = results[k]
-        note_latency(self, r.meta)
-        out[p[1] .. "/" .. p[2]] = r
-    end
-    return out
-end
-
-local function read_error(action, env, r)
-    return ("GET %s %s: %s"):format(action, env, tostring(r.error)), r.code
-end
+-- planning (cxone.planner) ---------------------------------------------------------------------
 
 --- Plans one step: `{action=, tier=, baseline=, variables=}`.
 -- @treturn[1] cxone.Plan
@@ -328,459 +198,43 @@ end
 --- Plans every step (`{ {action=, tier=, baseline=, variables=}, ... }` or
 -- `{steps = {...}, concurrency = 8}`): checks the steps, reads each target and baseline once
 -- (with bounded concurrency), and returns a cxone.Report whose `plans` are what `apply_all`
--- will write. Any failure leaves `preflight_failed` set and every step's outcome in the report.
+-- will write. Any failure (an unreadable ledger too) leaves `preflight_failed` set and every
+-- step's outcome in the report.
 -- @treturn cxone.Report
 function Client:plan_all(spec)
     if type(spec) ~= "table" then
         error("bad argument #1 to 'plan_all' (table expected, got " .. type(spec) .. ")", 2)
     end
-    local steps = spec.steps or spec
-    local concurrency = spec.concurrency or self.cfg.concurrency or 8
-    local progress = type(spec.on_progress) == "function" and spec.on_progress or function() end
-    local rep = reportmod.new(new_run_id(), self.dry_run or spec.dry_run == true)
-    rep.concurrency = concurrency
-    for i, s in ipairs(steps) do
-        rep.steps[i] = { index = i, action = type(s) == "table" and s.action or nil,
-                         tier = type(s) == "table" and s.tier or nil }
-    end
-    local errors = {}
-    local function fail(i, msg, code)
-        rep:set(i, "preflight_failed", { error = msg, code = code })
-        errors[#errors + 1] = ("step %d (%s %s): %s"):format(i, tostring(rep.steps[i].action),
-            tostring(rep.steps[i].tier), tostring(msg))
-    end
-
-    for _, p in ipairs(playbook.problems(steps, self.tiers)) do
-        if rep.steps[p.index].status then
-            rep.steps[p.index].error = rep.steps[p.index].error .. "; " .. p.message
-            errors[#errors] = errors[#errors] .. "; " .. p.message
-        else
-            fail(p.index, p.message, "invalid")
-        end
-    end
-    if #errors == 0 then
-        if self.ledger then self.ledger:reload() end -- other runs may have written since
-        -- what to read: each target and baseline once
-        local need, seen, resolved = {}, {}, {}
-        local function want(action, env)
-            local k = action .. "/" .. env
-            if not seen[k] then seen[k] = true; need[#need + 1] = { action, env } end
-        end
-        for i, s in ipairs(steps) do
-            local t = self.tiers:resolve(s.tier)
-            local b = s.baseline ~= nil and self.tiers:resolve(s.baseline) or nil
-            resolved[i] = { t, b }
-            want(s.action, t.id)
-            if b then want(s.action, b.id) end
-        end
-        local got = read_all(self, need, concurrency)
-        for i, s in ipairs(steps) do
-            self.counts.plans = self.counts.plans + 1
-            local t, b = resolved[i][1], resolved[i][2]
-            local tr = got[s.action .. "/" .. t.id]
-            local br = b and got[s.action .. "/" .. b.id]
-            if not tr.ok then
-                fail(i, read_error(s.action, t.id, tr))
-            elseif br and not br.ok then
-                fail(i, read_error(s.action, b.id, br))
-            else
-                local p, err, code = make_plan(self, s, t, b, tr.result, tr.meta, br and br.result)
-                if p then
-                    rep.plans[i] = p
-                    local e = rep.steps[i]
-                    e.environment, e.tier, e.changes, e.variables = p.tier.id, p.tier.name, p.changes, p:names()
-                    e.build_owed = p.build_owed and true or nil
-                else
-                    fail(i, err, code)
-                end
-            end
-            progress("planned", i, #steps)
-        end
-    end
-    if #errors > 0 then
-        rep.ok = false
-        rep.preflight_failed = true
-        rep.code = "invalid"
-        rep.message = "preflight failed, nothing written:\n  " .. table.concat(errors, "\n  ")
-        for i = 1, #rep.steps do
-            if not rep.steps[i].status then rep:set(i, "not_attempted") end
-        end
-        self.counts.not_attempted = self.counts.not_attempted + rep.counts.not_attempted
-        return rep
-    end
-    for i, p in pairs(rep.plans) do
-        if not p:pending() then
-            rep:set(i, "unchanged")
-            self.counts.unchanged = self.counts.unchanged + 1
-        else
-            rep:set(i, "planned")
-        end
-    end
-    rep.ok = true
-    return rep
+    return planner.plan_all(self, spec)
 end
 
--- audit ---------------------------------------------------------------------------------------
-
--- The trail, opened on first use: a cxone.Audit, or nil and why.
-local function trail(self)
-    if self.audit_handle then return self.audit_handle end
-    local opts = self.cfg.audit_key and { key = self.cfg.audit_key } or nil
-    local a, err = core.audit_open(self.cfg.audit_log, opts)
-    if not a then return nil, err end
-    self.audit_handle = a
-    return a
-end
-
--- Appends a record: the new head hash, or nil and why (never raises).
-local function audit(self, rec)
-    if self.cfg.audit_log == false then return "" end
-    local a, err = trail(self)
-    if not a then return nil, err end
-    local ok, seq, err, hash = pcall(a.append, a, rec)
-    if not ok then return nil, tostring(seq) end
-    if not seq then return nil, tostring(err) end
-    return hash
-end
-
--- Appends a record of a run: the report keeps the trail's new head, or its first audit error.
-local function audit_run(self, rep, rec)
-    local head, err = audit(self, rec)
-    if head then
-        if head ~= "" then rep.head = head end
-    else
-        rep.audit_error = rep.audit_error or err
-    end
-    return head, err
-end
-
-local function webhook(self, event)
-    local url = self.cfg.webhook_url
-    if not url then return nil end
-    local ok, msg, code = self.core:webhook(url, event, { secret = self.cfg.webhook_secret })
-    if ok then
-        self.counts.webhooks = self.counts.webhooks + 1
-        return nil
-    end
-    self.counts.webhook_failures = self.counts.webhook_failures + 1
-    return ("webhook failed (%s): %s"):format(tostring(code), tostring(msg))
-end
-
-local function build_key(run_id, plan)
-    return ("cxone-%s-%s-%s"):format(run_id, plan.action, plan.tier.id)
-end
-
--- Records the outcome of one step: the audit record (failures too), the ledger, the webhook.
--- `out` is {ok, error, code, meta, reconciled, build_id, build_error, build_code, build_key}.
-local function record(self, rep, i, out)
-    local plan = rep.plans[i]
-    local names = plan:names()
-    local status = out.ok and (out.build_error and "build_failed" or "success") or "failure"
-    local _, aerr = audit_run(self, rep, {
-        event = "apply", run_id = rep.run_id, action_id = plan.action, environment = plan.tier.id,
-        tier = plan.tier.name, variables = names,
-        drift_count = plan.drift and plan.drift:count() or nil, changes = plan.changes,
-        latency_ms = out.meta and out.meta.latency_ms or nil,
-        attempts = out.meta and out.meta.attempts or nil,
-        status = status, error = out.error and tostring(out.error) or nil, code = out.code,
-        build_id = out.build_id, build_code = out.build_code,
-        build_status = out.build_id and "queued" or (out.build_error and "failed") or nil,
-        etag = out.meta and out.meta.etag or nil, reconciled = out.reconciled or nil,
-    })
-    local l = ledger(self)
-    if out.ok and plan.changes > 0 then
-        local clear = {}
-        for _, e in ipairs(plan.payload.variables) do
-            if not e.masked then clear[#clear + 1] = e.name end
-        end
-        l:note_write(plan.action, plan.tier.id, { prev = plan.etag, etag = out.meta and out.meta.etag, run = rep.run_id,
-                                                  fp = plan.fingerprints, clear = clear })
-    end
-    if out.build_error then
-        l:note_build_owed(plan.action, plan.tier.id, out.build_key)
-    elseif out.build_id then
-        l:note_build_done(plan.action, plan.tier.id)
-    end
-    local werr = webhook(self, {
-        event = out.ok and not out.build_error and "cxone.apply.succeeded" or "cxone.apply.failed",
-        run_id = rep.run_id, action_id = plan.action, environment = plan.tier.id, tier = plan.tier.name,
-        variables = names, changes = plan.changes, build_id = out.build_id,
-        code = out.code or out.build_code, audit_head = rep.head,
-    })
-    local e = rep.steps[i]
-    local fields = { changes = plan.changes, variables = names, build_id = out.build_id,
-        build_error = out.build_error, etag = out.meta and out.meta.etag or nil,
-        error = out.error or out.build_error, code = out.code or out.build_code,
-        reconciled = out.reconciled, audit_error = aerr, webhook_error = werr }
-    if out.ok and not out.build_error then
-        self.counts.applied = self.counts.applied + 1
-        if out.reconciled then self.counts.reconciled = self.counts.reconciled + 1 end
-        rep:set(i, "applied", fields)
-    else
-        self.counts.failed = self.counts.failed + 1
-        if out.code == "conflict" then self.counts.conflicts = self.counts.conflicts + 1 end
-        rep:set(i, "failed", fields)
-    end
-    return e
-end
-
--- writing -------------------------------------------------------------------------------------
-
--- Runs one op over several steps through core batch: i → batch result.
-local function batch(self, rep, idx, make, opts)
-    local reqs = {}
-    for k, i in ipairs(idx) do reqs[k] = make(rep.plans[i], i) end
-    local out = {}
-    if #reqs == 0 then return out end
-    local results = self.core:batch(reqs, opts)
-    for k, i in ipairs(idx) do
-        note_latency(self, results[k].meta)
-        out[i] = results[k]
-    end
-    return out
-end
-
-local function conflict_msg(plan, why)
-    why = tostring(why)
-    -- the transport's own message may already name the code ("conflict (HTTP 412): ...")
-    local code = why:sub(1, 8) == "conflict" and "" or "conflict: "
-    return ("%s %s: %s%s"):format(plan.action, plan.tier.id, code, why)
-end
-
--- Decides what a failed write means by reading the target again: applied (it holds exactly
--- what the step wrote, observably), a conflict, or the original failure.
-local function reconcile(self, rep, failed, outs, concurrency)
-    local reads = batch(self, rep, failed, function(p)
-        return { op = "get", action = p.action, env = p.tier.id }
-    end, { concurrency = concurrency })
-    for _, i in ipairs(failed) do
-        local p, r, first = rep.plans[i], reads[i], outs[i]
-        if not r.ok then
-            first.error = ("%s (re-reading the target to check failed too: %s)"):format(
-                tostring(first.error), tostring(r.error))
-        else
-            local holds, visible = p:compare_written(r.result.variables)
-            if holds and visible then
-                outs[i] = { ok = true, meta = r.meta, reconciled = true }
-            elseif holds and not (p.etag and r.meta.etag == p.etag) then
-                first.code = "conflict"
-                first.error = conflict_msg(p, "the write's answer was lost and its outcome cannot be "
-                    .. "confirmed (masked values cannot be read back); re-run to plan again")
-            elseif first.code == "conflict" then
-                first.error = conflict_msg(p, tostring(first.error))
-            end
-        end
-    end
-end
-
--- Writes one wave of steps (at most one per action): outcomes i → out (see record).
-local function write_wave(self, rep, wave, concurrency)
-    local outs, writes = {}, {}
-    for _, i in ipairs(wave) do
-        if rep.plans[i].changes > 0 then writes[#writes + 1] = i else outs[i] = { ok = true } end
-    end
-    -- servers without ETags: re-read just before writing and compare with the plan
-    local blind = {}
-    for _, i in ipairs(writes) do
-        if rep.plans[i].etag == nil then blind[#blind + 1] = i end
-    end
-    if #blind > 0 then
-        warn(self, "the server sends no ETag, so writes cannot be conditional: each target is re-read "
-            .. "and compared with the plan just before writing (a change made in the moment between "
-            .. "that read and the write is not detected)")
-        local reads = batch(self, rep, blind, function(p)
-            return { op = "get", action = p.action, env = p.tier.id }
-        end, { concurrency = concurrency })
-        for _, i in ipairs(blind) do
-            local p, r = rep.plans[i], reads[i]
-            if not r.ok then
-                local msg = read_error(p.action, p.tier.id, r)
-                outs[i] = { ok = false, error = msg, code = r.code, meta = r.meta }
-            elseif r.meta and r.meta.etag then
-                outs[i] = { ok = false, code = "conflict", meta = r.meta, error = conflict_msg(p,
-                    "the target now sends an ETag it did not send when planned; plan again") }
-            elseif not p:unchanged_since(r.result.variables) then
-                outs[i] = { ok = false, code = "conflict", meta = r.meta, error = conflict_msg(p,
-                    "the target changed since the plan was made (re-read before writing; the server "
-                    .. "sends no ETag); nothing written, plan again") }
-            end
-        end
-    end
-    -- the writes, each conditional on its plan; after a lost answer or 412, re-read
-    local todo = {}
-    for _, i in ipairs(writes) do if not outs[i] then todo[#todo + 1] = i end end
-    while #todo > 0 do
-        local res = batch(self, rep, todo, function(p)
-            return { op = "patch", action = p.action, env = p.tier.id, payload = p.payload, if_match = p.etag }
-        end, { concurrency = concurrency, stop_on_failure = true })
-        local failed, skipped = {}, {}
-        for _, i in ipairs(todo) do
-            local r = res[i]
-            if r.ok then
-                outs[i] = { ok = true, meta = r.meta }
-            elseif r.skipped then
-                skipped[#skipped + 1] = i
-            else
-                outs[i] = { ok = false, error = r.error, code = r.code, meta = r.meta }
-                if RECONCILE[r.code] then failed[#failed + 1] = i end
-            end
-        end
-        if #failed > 0 then reconcile(self, rep, failed, outs, concurrency) end
-        local any_failed = false
-        for _, i in ipairs(todo) do
-            if outs[i] and not outs[i].ok then any_failed = true end
-        end
-        if any_failed then
-            for _, i in ipairs(skipped) do outs[i] = { skipped = true } end
-            todo = {}
-        else
-            todo = skipped -- the failure that stopped them turned out to be an applied write
-        end
-    end
-    -- builds: for written steps whose tier builds, and builds an earlier run owes
-    local builds, keys = {}, {}
-    for _, i in ipairs(wave) do
-        local p, o = rep.plans[i], outs[i]
-        if o.ok and ((p.tier.build and p.changes > 0) or p.build_owed) then
-            builds[#builds + 1] = i
-            keys[i] = p.build_owed and p.build_owed.key or build_key(rep.run_id, p)
-        end
-    end
-    local bres = batch(self, rep, builds, function(p, i)
-        return { op = "build", action = p.action, idempotency_key = keys[i] }
-    end, { concurrency = concurrency })
-    for _, i in ipairs(builds) do
-        local b, o = bres[i], outs[i]
-        o.build_key = keys[i]
-        if b.ok and type(b.result) == "table" and type(b.result.buildId) == "string" then
-            o.build_id = b.result.buildId
-            self.counts.builds = self.counts.builds + 1
-        else
-            o.build_code = b.ok and "format" or b.code
-            o.build_error = ("build failed (%s): %s"):format(tostring(o.build_code),
-                b.ok and "the answer names no buildId" or tostring(b.error))
-        end
-    end
-    return outs
-end
-
--- The write-ahead record: before anything is written, the ledger must be writable and the
--- trail must accept a record naming the run, its steps and the variables (never values).
-local function begin_run(self, rep, pend)
-    local lok, lerr = ledger(self):attach()
-    if not lok then return nil, "the masked-value ledger cannot be written: " .. tostring(lerr) end
-    local names, seen = {}, {}
-    for _, i in ipairs(pend) do
-        for _, n in ipairs(rep.plans[i]:names()) do
-            if not seen[n] then seen[n] = true; names[#names + 1] = n end
-        end
-    end
-    table.sort(names)
-    local head, err = audit(self, { event = "apply.started", run_id = rep.run_id, steps = #pend,
-                                    variables = names, status = "started", plan = rep.plan_digest })
-    if not head then return nil, "the audit trail does not accept records: " .. tostring(err) end
-    if head ~= "" then rep.head = head end
-    return true
-end
-
-local function end_run(self, rep)
-    local c = rep.counts
-    audit_run(self, rep, { event = "apply.finished", run_id = rep.run_id, applied = c.applied,
-        failed = c.failed, steps = #rep.steps,
-        status = (c.failed == 0 and c.not_attempted == 0) and "success" or "failure" })
-    local l = ledger(self)
-    local ok, lerr = l:flush()
-    if ok then ok, lerr = l:compact() end
-    if not ok then rep.ledger_error = lerr end
-end
+-- applying (cxone.applier) ----------------------------------------------------------------------
 
 --- Applies exactly the plans of a report made by `plan_all` (never planning again): each
 -- write is conditional on what its plan saw, builds follow their writes, every outcome is
 -- audited as it completes, and a failure stops new writes. Without an audit trail that
 -- accepts the `apply.started` record, nothing is written.
 -- @tparam cxone.Report rep from plan_all (or a saved plan loaded by cxone.planfile)
+-- Before each chunk of writes starts, an `apply.intent` record per write is durable in the trail
+-- and the builds they will owe are journalled in the ledger (a write whose intent cannot be
+-- recorded is not made). See cxone.applier.
+-- @tparam cxone.Report rep from plan_all (or a saved plan loaded by cxone.planfile)
 -- @tparam[opt] table opts `concurrency` (writes in flight; default the report's, then the
---   client's, then 8), `on_progress` (called as `on_progress("written", done, total)`)
--- @treturn cxone.Report the same report, with outcomes (`ok`, `message`, `code`, `head`)
+--   client's, then 8), `on_progress` (called as `on_progress(phase, done, total, info)`: "step"
+--   with the step's entry as each step's outcome is known, "written" after each wave),
+--   `signals` (e.g. `{"INT", "TERM"}`: stop cleanly on them, see `report.interrupted`),
+--   `max_read_age` (seconds; default the client's, then 60)
+-- @treturn cxone.Report the same report, with outcomes (`ok`, `message`, `code`, `head`,
+--   `interrupted = {signal, signo}` when a signal stopped it)
 function Client:apply_all(rep, opts)
     if not reportmod.is(rep) then
         error("bad argument #1 to 'apply_all' (cxone.Report from plan_all expected)", 2)
     end
     if rep.applied then error("bad argument #1 to 'apply_all' (this report was applied already)", 2) end
-    opts = opts or {}
-    if rep.preflight_failed then return rep end
-    local concurrency = opts.concurrency or rep.concurrency or self.cfg.concurrency or 8
-    local progress = type(opts.on_progress) == "function" and opts.on_progress or function() end
-    local pend = rep:pending()
-    if #pend == 0 then rep.ok = true; return rep end
-    if self.dry_run or rep.dry_run then return rep end
-    rep.applied = true
-
-    local ok, err = begin_run(self, rep, pend)
-    if not ok then
-        rep.ok, rep.code = false, "audit"
-        rep.message = "nothing written: " .. tostring(err)
-        for _, i in ipairs(pend) do rep:set(i, "not_attempted", { code = "not_attempted" }) end
-        self.counts.not_attempted = self.counts.not_attempted + #pend
-        return rep
+    if opts ~= nil and type(opts) ~= "table" then
+        error("bad argument #2 to 'apply_all' (table expected, got " .. type(opts) .. ")", 2)
     end
-
-    -- waves: the k-th pending step of every action together, so one action's tiers go in order
-    local waves, seen = {}, {}
-    for _, i in ipairs(pend) do
-        local a = rep.plans[i].action
-        seen[a] = (seen[a] or 0) + 1
-        waves[seen[a]] = waves[seen[a]] or {}
-        table.insert(waves[seen[a]], i)
-    end
-    local stopped, done = false, 0
-    for _, wave in ipairs(waves) do
-        if stopped then
-            for _, i in ipairs(wave) do rep:set(i, "not_attempted", { code = "not_attempted" }) end
-            self.counts.not_attempted = self.counts.not_attempted + #wave
-        else
-            local outs = write_wave(self, rep, wave, concurrency)
-            for _, i in ipairs(wave) do
-                local o = outs[i]
-                if o.skipped then
-                    rep:set(i, "not_attempted", { code = "not_attempted" })
-                    self.counts.not_attempted = self.counts.not_attempted + 1
-                else
-                    local e = record(self, rep, i, o)
-                    if e.status ~= "applied" then stopped = true end
-                end
-            end
-            local lok, lerr = ledger(self):flush()
-            if not lok then rep.ledger_error = lerr end
-            if rep.audit_error then stopped = true end
-        end
-        done = done + #wave
-        progress("written", done, #pend)
-    end
-    end_run(self, rep)
-
-    local c = rep.counts
-    rep.ok = c.failed == 0 and c.not_attempted == 0 and not rep.audit_error and not rep.ledger_error
-    if rep.audit_error then
-        rep.code = "audit"
-        rep.message = "the audit trail stopped accepting records (" .. tostring(rep.audit_error)
-            .. "): no new writes were started; the trail lacks the outcome of the steps above"
-    elseif c.failed > 0 or c.not_attempted > 0 then
-        rep.message = "promotion incomplete: re-run to finish the remaining steps"
-        for _, e in ipairs(rep.steps) do
-            if e.status == "failed" then
-                rep.code = e.code
-                rep.message = ("step %d (%s %s) failed: %s\n%s"):format(e.index, tostring(e.action),
-                    tostring(e.tier), tostring(e.error), rep.message)
-                break
-            end
-        end
-    elseif rep.ledger_error then
-        rep.code = "io"
-        rep.message = "applied, but the masked-value ledger could not be saved (" .. tostring(rep.ledger_error)
-            .. "): the next run re-sends masked values and may not know of an owed build"
-    end
-    return rep
+    return applier.apply_all(self, rep, opts)
 end
 
 --- Applies one plan (see apply_all).
@@ -830,27 +284,16 @@ function Client:promote(spec)
     return self:apply_all(rep, { on_progress = spec.on_progress })
 end
 
---- Figures: core stats plus this client's own counts and latency percentiles.
+--- Figures: core stats plus this client's own counts and latency figures
+-- `latency_ms = {count, min, max, avg, p50, p95, p99}`. Constant memory and cost however many
+-- calls were made: percentiles come from fixed histogram buckets (cxone.metrics), within about
+-- 10 % of the exact value; count, min, max and avg are exact.
 function Client:metrics()
     local s = self.core:stats()
     local out = {}
     for k, v in pairs(s) do out[k] = v end
     for k, v in pairs(self.counts) do out[k] = v end
-    local l = {}
-    for i, v in ipairs(self.latencies) do l[i] = v end
-    table.sort(l)
-    local n = #l
-    local function pct(p)
-        if n == 0 then return nil end
-        local i = math.floor(p * (n - 1) + 0.5) + 1
-        return l[i]
-    end
-    local sum = 0
-    for _, v in ipairs(l) do sum = sum + v end
-    out.latency_ms = {
-        count = n, min = l[1], max = l[n], avg = n > 0 and sum / n or nil,
-        p50 = pct(0.5), p95 = pct(0.95),
-    }
+    out.latency_ms = self.histogram:summary()
     return out
 end
 

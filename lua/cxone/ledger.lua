@@ -51,21 +51,30 @@ local function fold(entries, ev)
         entries[k] = { etag = ev.etag, fp = fp, runs = runs, build = cur and cur.build or nil }
     elseif ev.op == "build_owed" then
         cur = cur or { fp = {} }
-        cur.build = { key = ev.key }
+        cur.build = { key = ev.key, run = ev.run }
         entries[k] = cur
     elseif ev.op == "build_done" then
         if cur then cur.build = nil end
     end
 end
 
--- Parses a journal: a snapshot line and/or event lines. A line that does not parse (a torn
--- final append) is skipped. A ledger written by an earlier version (one JSON object mapping
--- "action/env" to {etag, fp}) is read as a snapshot.
+-- Parses a journal: a snapshot line and/or event lines. Only a torn final append (bytes after
+-- the last newline, a writer killed mid-write) is skipped; any other line that is not a record
+-- makes the journal unreadable (nil, "line N: ..."): never silently discarded. A ledger written
+-- by an earlier version (one JSON object mapping "action/env" to {etag, fp}) is read as a
+-- snapshot.
 local function parse(text)
     local entries = {}
-    for line in text:gmatch("[^\n]+") do
-        local v = decode(line)
-        if v then
+    local n, pos = 0, 1
+    while pos <= #text do
+        local nl = text:find("\n", pos, true)
+        if not nl then break end -- a torn final append: skipped (the next append follows it)
+        local line = text:sub(pos, nl - 1)
+        pos = nl + 1
+        n = n + 1
+        if line:find("%S") then
+            local v = decode(line)
+            if not v then return nil, ("line %d is not a ledger record"):format(n) end
             if v.format == FORMAT and type(v.entries) == "table" then
                 for k, e in pairs(v.entries) do
                     if type(e) == "table" then
@@ -81,6 +90,8 @@ local function parse(text)
                         entries[k] = { etag = e.etag, fp = type(e.fp) == "table" and e.fp or {} }
                     end
                 end
+            else
+                return nil, ("line %d is a ledger of another format (%s)"):format(n, tostring(v.format))
             end
         end
     end
@@ -121,14 +132,25 @@ function Ledger:reload()
     else
         local f, err, errno = io.open(self.path, "rb")
         if not f then
-            if errno ~= 2 then return nil, err, "io" end -- ENOENT: no ledger yet
+            if errno ~= 2 then -- ENOENT: no ledger yet
+                return nil, "masked-value ledger unreadable: " .. tostring(err), "io"
+            end
             text = ""
         else
-            text = f:read("*a") or ""
+            local rerr
+            text, rerr = f:read("*a")
             f:close()
+            if not text then
+                return nil, ("masked-value ledger %s is unreadable: %s"):format(self.path, tostring(rerr)), "io"
+            end
         end
     end
-    self.entries = parse(text)
+    local entries, perr = parse(text)
+    if not entries then
+        return nil, ("masked-value ledger %s is unreadable: %s (move it away to start afresh; "
+            .. "the next runs then re-send masked values and forget owed builds)"):format(self.path, perr), "io"
+    end
+    self.entries = entries
     return true
 end
 
@@ -150,9 +172,11 @@ function Ledger:note_write(action, env, info)
                   fp = info.fp or {}, clear = info.clear or {} })
 end
 
---- A build the write needed did not happen: the next run queues it (with this Idempotency-Key).
-function Ledger:note_build_owed(action, env, idem)
-    self:_event({ k = key(action, env), op = "build_owed", key = idem })
+--- A build a write owes: journalled before the write starts (so a crash cannot forget it) and
+-- again when the build failed; the next run queues it (with this Idempotency-Key) and says so.
+-- `run` is the run id that owes it.
+function Ledger:note_build_owed(action, env, idem, run)
+    self:_event({ k = key(action, env), op = "build_owed", key = idem, run = run })
 end
 
 --- The owed build happened.
@@ -195,8 +219,13 @@ function Ledger:compact()
     if not lok then return nil, lerr, lcode end
     local text
     text, err, code = f:read()
+    local entries
+    if text then entries, err = parse(text) end
+    if text and not entries then
+        text, err, code = nil, ("masked-value ledger %s is unreadable: %s"):format(self.path, tostring(err)), "io"
+    end
     if text then
-        self.entries = parse(text)
+        self.entries = entries
         local snap = { format = FORMAT, entries = setmetatable(copy(self.entries), { __jsontype = "object" }) }
         for k, e in pairs(snap.entries) do
             snap.entries[k] = { etag = e.etag, fp = setmetatable(copy(e.fp), { __jsontype = "object" }), build = e.build,
@@ -214,6 +243,24 @@ function Ledger:compact()
     f:unlock()
     if not ok then return nil, err, code end
     return true
+end
+
+--- The ledger of a cxone.client (its `state_file`; in memory when it has none), opened on first
+-- use and kept in `client.ledger`; `reload` reads it again. An unreadable ledger is an error
+-- naming its path (nil, message, "io"), never replaced by an empty one.
+function M.for_client(c, reload)
+    if c.ledger then
+        if reload then
+            local ok, err, code = c.ledger:reload()
+            if not ok then return nil, err, code end
+        end
+        return c.ledger
+    end
+    local path = c.cfg.state_file
+    local l, err, code = M.open(type(path) == "string" and path or nil)
+    if not l then return nil, err, code end
+    c.ledger = l
+    return l
 end
 
 function Ledger:close()

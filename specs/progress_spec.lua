@@ -1,0 +1,94 @@
+-- Output a person can follow during `cxone apply`: without a terminal, one line per step as it
+-- finishes (not when its whole wave ends) and a summary; on a terminal, a live line with steps
+-- done/total, requests, rate-limit waits and an ETA; with --json, stdout holds only the JSON
+-- document. Against cxone-sim through the real CLI; synchronised on the CLI's own output.
+-- Lua 5.1-compatible (the spec also runs under LuaJIT and 5.3; the CLI is always lua5.4).
+local json = require("cjson.safe")
+local simlib = require("support.sim")
+local D = simlib.DEMO
+local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
+local q = simlib.shquote
+local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
+
+local function book(flag, concurrency)
+    local steps = {
+        ("{ action = %q, tier = 'production', variables = { %s = '1' } }"):format(A1, flag),
+        ("{ action = %q, tier = 'production', variables = { %s = '1' } }"):format(A2, flag),
+        ("{ action = %q, tier = 'production', variables = { %s = '1' } }"):format(A3, flag),
+        ("{ action = %q, tier = 'development', variables = { %s = '1' } }"):format(A2, flag),
+    }
+    return "return { concurrency = " .. concurrency .. ", steps = {\n  " .. table.concat(steps, ",\n  ") .. "\n} }\n"
+end
+
+local function wait_for(pred, what)
+    for _ = 1, 1500 do
+        local v = pred()
+        if v then return v end
+        os.execute("sleep 0.02")
+    end
+    error("timed out waiting for " .. what)
+end
+
+describe("apply progress", function()
+    local sim, dir, env
+    setup(function()
+        sim = simlib.start()
+        dir = tmpdir()
+    end)
+    teardown(function()
+        sim:stop()
+        os.execute("rm -rf " .. q(dir))
+    end)
+    before_each(function()
+        assert.equals(200, (sim:post_json("/_sim/reset", {})))
+        os.execute("rm -rf " .. q(dir) .. "/*")
+        env = simlib.sim_env(sim, dir)
+    end)
+
+    it("--json without a terminal: stdout is one JSON document, stderr a line per step and a summary", function()
+        local pb = dir .. "/p.lua"
+        write_file(pb, book("JSON_FLAG", 2))
+        local code, out, err = simlib.cxone({ "apply", "--yes", "--json", pb }, env)
+        assert.equals(0, code, err)
+        local doc = assert(json.decode(out), "stdout is not one JSON document: " .. out)
+        assert.equals(4, doc.counts.applied)
+        for k = 1, 4 do
+            assert.matches(("[%d/4] "):format(k), err, 1, true)
+        end
+        assert.matches("production: applied (1 change)", err, 1, true)
+        assert.is_nil(err:find("\r", 1, true)) -- no terminal: nothing rewritten in place
+    end)
+
+    it("without a terminal, a step's line comes as it finishes, before the rest of its wave", function()
+        local pb = dir .. "/p.lua"
+        write_file(pb, book("LIVE_FLAG", 1))
+        -- the second write of the (single) wave is slowed
+        sim:fault{ method = "PATCH", path = "/api/v2/integration/actions/" .. A2 .. "/environments/prod/variables",
+                   kind = "delay", delay_ms = 4000, count = 1 }
+        local errf, rcf = dir .. "/err", dir .. "/rc"
+        os.execute("(" .. simlib.with_env(env) .. " " .. simlib.cxone_cmd({ "apply", "--yes", pb })
+            .. " </dev/null >/dev/null 2>" .. q(errf) .. "; echo $? >" .. q(rcf .. ".tmp") .. "; mv "
+            .. q(rcf .. ".tmp") .. " " .. q(rcf) .. ") >/dev/null 2>&1 &")
+        wait_for(function() return (read_file(errf) or ""):find("[1/4]", 1, true) end, "the first step's line")
+        -- the wave is still being written: no outcome for the slowed step yet, the run goes on
+        assert.is_nil(read_file(rcf))
+        assert.is_nil((read_file(errf) or ""):find("[2/4]", 1, true))
+        local rc = wait_for(function() return read_file(rcf) end, "the run's end")
+        assert.equals(0, tonumber(rc))
+        assert.matches("[4/4]", read_file(errf), 1, true)
+    end)
+
+    it("on a terminal: a live line with steps, requests, rate-limit waits and an ETA", function()
+        local pb = dir .. "/p.lua"
+        write_file(pb, book("TTY_FLAG", 1))
+        local cmd = simlib.with_env(env) .. " python3 " .. q(simlib.ROOT .. "/specs/support/pty_run.py")
+            .. " -- " .. simlib.cxone_cmd({ "apply", "--yes", pb }) .. "; echo \"exit=$?\""
+        local out = simlib.capture(cmd)
+        assert.equals(0, tonumber(out:match("exit=(%d+)%s*$")), out)
+        assert.matches("\rapplying 1/4", out, 1, true)
+        assert.matches("applying 4/4", out, 1, true)
+        assert.matches("rate-limit waits 0.0s (0 x 429)", out, 1, true)
+        assert.matches("ETA", out, 1, true)
+        assert.matches("requests", out, 1, true)
+    end)
+end)
