@@ -407,6 +407,7 @@ function M.check_fresh(c, rep, concurrency)
         reqs[i] = { op = "get", action = p.action, env = p.tier.id }
     end
     if #reqs == 0 then return true end
+    local read_at = core.monotonic() -- before the reads: a plan's age errs on the old side
     local results = c.core:batch(reqs, { concurrency = concurrency or 8 })
     local diffs = {}
     for i = 1, #rep.steps do
@@ -448,7 +449,12 @@ function M.check_fresh(c, rep, concurrency)
             end
         end
     end
-    if #diffs == 0 then return true end
+    if #diffs == 0 then
+        -- this was the re-read before writing: on a server without ETags the applier compares
+        -- with it (as with a fresh plan's own read) instead of reading every target once more
+        for i = 1, #rep.steps do rep.plans[i].read_at = read_at end
+        return true
+    end
     return nil, ("%s: the targets changed since the plan was made, nothing written:\n  %s\nplan again "
         .. "(cxone plan --out PLAN.json PLAYBOOK.lua) and review the new plan"):format(
         tostring(rep.plan_file), table.concat(diffs, "\n  ")), "conflict"
