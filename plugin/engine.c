@@ -365,25 +365,35 @@ const char *cx_status_failure(long status, int attempts, int webhook, const char
 
 /* ---- scrubbing ---- */
 
-int cx_call_secrets(const cx_engine *e, const cx_call *c, cx_secrets *set)
+/* Calls fn for each secret of the engine (client secret, key secret, token) and of the call (its
+ * masked values, stored length-prefixed: 4 bytes of length, then the bytes); ORs the results. */
+static int each_secret(const cx_engine *e, const cx_call *c, int (*fn)(void *, const char *, size_t),
+                       void *ud)
 {
     int rc = 0;
-    rc |= cx_secrets_add_str(set, e->cfg.client_secret);
-    rc |= cx_secrets_add_str(set, e->cfg.key_secret);
-    if (e->bearer) rc |= cx_secrets_add_str(set, e->bearer + e->bearer_prefix);
+    const char *own[] = {e->cfg.client_secret, e->cfg.key_secret,
+                         e->bearer ? e->bearer + e->bearer_prefix : NULL};
+    for (size_t i = 0; i < 3; i++)
+        if (own[i]) rc |= fn(ud, own[i], strlen(own[i]));
     if (c && c->secrets.p) {
-        /* length-prefixed entries: 4 bytes of length, then the bytes */
         size_t off = 0;
         while (off + 4 <= c->secrets.len) {
             uint32_t len;
             memcpy(&len, c->secrets.p + off, 4);
             off += 4;
             if (len > c->secrets.len - off) break;
-            rc |= cx_secrets_add(set, c->secrets.p + off, len);
+            rc |= fn(ud, c->secrets.p + off, len);
             off += len;
         }
     }
     return rc;
+}
+
+static int add_to_set(void *set, const char *p, size_t n) { return cx_secrets_add(set, p, n); }
+
+int cx_call_secrets(const cx_engine *e, const cx_call *c, cx_secrets *set)
+{
+    return each_secret(e, c, add_to_set, set);
 }
 
 /* Text that came from outside (a server, a driver's error): any piece of a secret. */
@@ -396,45 +406,41 @@ static void scrub_foreign(const cx_engine *e, const cx_call *c, char *msg, size_
     cx_secrets_free(&set);
 }
 
-/* Replaces each whole occurrence of secret in the NUL-terminated s (cap bytes). */
-static void scrub_whole(char *s, size_t cap, const char *secret, size_t slen)
+/* A NUL-terminated message of cap bytes, for scrub_whole. */
+typedef struct {
+    char *s;
+    size_t cap;
+} msgbuf_t;
+
+/* Replaces each whole occurrence of the secret in the message. */
+static int scrub_whole(void *ud, const char *secret, size_t slen)
 {
     static const size_t rl = sizeof REDACTED - 1;
-    if (!secret || slen < 4) return;
+    msgbuf_t *m = ud;
+    char *s = m->s;
+    if (slen < 4) return 0;
     char *hit;
     size_t from = 0;
     while ((hit = memmem(s + from, strlen(s + from), secret, slen)) != NULL) {
         size_t pos = (size_t)(hit - s), len = strlen(s), tail = len - pos - slen;
-        if (pos + rl + tail + 1 > cap) { /* no room: cut the message at the secret */
+        if (pos + rl + tail + 1 > m->cap) { /* no room: cut the message at the secret */
             s[pos] = '\0';
-            if (pos + rl + 1 <= cap) memcpy(s + pos, REDACTED, rl + 1);
-            return;
+            if (pos + rl + 1 <= m->cap) memcpy(s + pos, REDACTED, rl + 1);
+            return 0;
         }
         memmove(s + pos + rl, s + pos + slen, tail + 1);
         memcpy(s + pos, REDACTED, rl);
         from = pos + rl;
     }
+    return 0;
 }
 
 /* Our own words (which may name the client id, a URL, a header): whole secrets only, as a
  * safety net; pieces of the text that came from outside were scrubbed as such before. */
 void cx_scrub_msg(const cx_engine *e, const cx_call *c, char *msg, size_t cap)
 {
-    const char *own[] = {e->cfg.client_secret, e->cfg.key_secret,
-                         e->bearer ? e->bearer + e->bearer_prefix : NULL};
-    for (size_t i = 0; i < 3; i++)
-        if (own[i]) scrub_whole(msg, cap, own[i], strlen(own[i]));
-    if (c && c->secrets.p) {
-        size_t off = 0;
-        while (off + 4 <= c->secrets.len) {
-            uint32_t len;
-            memcpy(&len, c->secrets.p + off, 4);
-            off += 4;
-            if (len > c->secrets.len - off) break;
-            scrub_whole(msg, cap, c->secrets.p + off, len);
-            off += len;
-        }
-    }
+    msgbuf_t m = {msg, cap};
+    each_secret(e, c, scrub_whole, &m);
 }
 
 /* ---- the engine object ---- */
