@@ -1117,7 +1117,7 @@ void cx_call_answer(cx_engine *e, cx_call *c, double now, long st)
         int r = schedule_retry(e, c, now, why);
         if (r != 0) return;
     }
-    if (st >= 200 && st < 300 && c->bad_etag) {
+    if (st >= 200 && st < 300 && c->bad_etag && c->kind == CX_KIND_API) {
         fail(e, c, now, "format", "the API answered HTTP %ld with an ETag that is over 255 bytes or "
              "not a quoted entity-tag: refusing it, since a write could not be made conditional on it",
              st);
