@@ -110,7 +110,7 @@ describe("interrupting apply", function()
     for _, c in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
         it("SIG" .. c[1] .. ": the write in flight finishes and is recorded, no new write starts, exit " .. c[2], function()
             local pb = four_steps("SIG_" .. c[1])
-            sim:fault{ method = "PATCH", kind = "delay", delay_ms = 1500, count = 1 }
+            sim:fault{ method = "PATCH", kind = "delay", delay_ms = 4000, count = 1 }
             local patches = sim:count("PATCH")
             local p = spawn({ "apply", "--yes", pb }, env)
             wait_for(intents_seen, "the first write's intent in the trail")
@@ -148,7 +148,7 @@ describe("interrupting apply", function()
 
     it("SIGINT while planning: aborted, nothing written, exit 130", function()
         local pb = four_steps("PLANNING")
-        sim:fault{ method = "GET", kind = "delay", delay_ms = 1500, count = 1 }
+        sim:fault{ method = "GET", kind = "delay", delay_ms = 4000, count = 1 }
         local patches = sim:count("PATCH")
         local p = spawn({ "apply", "--yes", pb }, env)
         -- the plan's read has reached the sim when it took the armed fault
@@ -227,7 +227,7 @@ describe("crashes and full disks", function()
     it("kill -9 mid-write: the trail names the write, and the next run queues the build it owes and says so", function()
         local pb = dir .. "/staging.lua"
         write_file(pb, book({ ("{ action = %q, tier = 'staging', variables = { KILLED_FLAG = 'k' } }"):format(A2) }, 1))
-        sim:fault{ method = "PATCH", kind = "delay", delay_ms = 1500, count = 1 }
+        sim:fault{ method = "PATCH", kind = "delay", delay_ms = 4000, count = 1 }
         local builds, patches = sim:stats().builds_queued, sim:count("PATCH")
         local p = spawn({ "apply", "--yes", pb }, env)
         local recs = audit_records(dir .. "/audit.jsonl")
