@@ -103,8 +103,11 @@ describe("interrupting apply", function()
         return pb
     end
 
+    -- the first write is in flight: its intent is in the trail and the sim took the armed fault
     local function intents_seen()
-        return #events_of(audit_records(dir .. "/audit.jsonl"), "apply.intent") > 0
+        if #events_of(audit_records(dir .. "/audit.jsonl"), "apply.intent") == 0 then return false end
+        local f = sim:get_json("/_sim/faults")
+        return #(f.faults or f) == 0
     end
 
     for _, c in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
@@ -113,7 +116,7 @@ describe("interrupting apply", function()
             sim:fault{ method = "PATCH", kind = "delay", delay_ms = 4000, count = 1 }
             local patches = sim:count("PATCH")
             local p = spawn({ "apply", "--yes", pb }, env)
-            wait_for(intents_seen, "the first write's intent in the trail")
+            wait_for(intents_seen, "the first write in flight")
             p.kill(c[1])
             local code, out, err = p.wait()
             assert.equals(c[2], code, err)
@@ -184,7 +187,7 @@ describe("interrupting apply", function()
         local pb = four_steps("TWICE")
         sim:fault{ method = "PATCH", kind = "delay", delay_ms = 20000, count = 1 }
         local p = spawn({ "apply", "--yes", pb }, env)
-        wait_for(intents_seen, "the first write's intent in the trail")
+        wait_for(intents_seen, "the first write in flight")
         p.kill("INT")
         -- the first signal is acknowledged on stderr before the second is sent
         wait_for(function() return p.err():find("interrupt again", 1, true) end, "the first interrupt's notice")
