@@ -315,7 +315,10 @@ local function record(c, rep, i, out, keys)
         etag = out.meta and out.meta.etag or nil, reconciled = out.reconciled or nil,
     })
     local l = ledger(c)
-    if out.ok and plan.changes > 0 then
+    local known = l:get(plan.action, plan.tier.id)
+    -- a write with no masked value, to a target the ledger vouches for nothing on: nothing to record
+    if out.ok and plan.changes > 0 and (next(plan.fingerprints or {}) ~= nil
+                                         or (known and next(known.fp or {}) ~= nil)) then
         local clear = {}
         for _, e in ipairs(plan.payload.variables) do
             if not e.masked then clear[#clear + 1] = e.name end
@@ -407,7 +410,7 @@ local function end_run(c, rep, pend, st)
     end
     local l = ledger(c)
     local ok, lerr = l:flush()
-    if ok then ok, lerr = l:compact() end
+    if ok and l.appended then ok, lerr = l:compact() end -- (a run that recorded nothing leaves it)
     if not ok then rep.ledger_error = lerr end
 end
 
