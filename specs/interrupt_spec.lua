@@ -103,17 +103,20 @@ describe("interrupting apply", function()
         return pb
     end
 
+    -- the first write is in flight: its intent is in the trail and the sim took the armed fault
     local function intents_seen()
-        return #events_of(audit_records(dir .. "/audit.jsonl"), "apply.intent") > 0
+        if #events_of(audit_records(dir .. "/audit.jsonl"), "apply.intent") == 0 then return false end
+        local f = sim:get_json("/_sim/faults")
+        return #(f.faults or f) == 0
     end
 
     for _, c in ipairs({ { "INT", 130 }, { "TERM", 143 } }) do
         it("SIG" .. c[1] .. ": the write in flight finishes and is recorded, no new write starts, exit " .. c[2], function()
             local pb = four_steps("SIG_" .. c[1])
-            sim:fault{ method = "PATCH", kind = "delay", delay_ms = 1500, count = 1 }
+            sim:fault{ method = "PATCH", kind = "delay", delay_ms = 4000, count = 1 }
             local patches = sim:count("PATCH")
             local p = spawn({ "apply", "--yes", pb }, env)
-            wait_for(intents_seen, "the first write's intent in the trail")
+            wait_for(intents_seen, "the first write in flight")
             p.kill(c[1])
             local code, out, err = p.wait()
             assert.equals(c[2], code, err)
@@ -148,7 +151,7 @@ describe("interrupting apply", function()
 
     it("SIGINT while planning: aborted, nothing written, exit 130", function()
         local pb = four_steps("PLANNING")
-        sim:fault{ method = "GET", kind = "delay", delay_ms = 1500, count = 1 }
+        sim:fault{ method = "GET", kind = "delay", delay_ms = 4000, count = 1 }
         local patches = sim:count("PATCH")
         local p = spawn({ "apply", "--yes", pb }, env)
         -- the plan's read has reached the sim when it took the armed fault
@@ -184,7 +187,7 @@ describe("interrupting apply", function()
         local pb = four_steps("TWICE")
         sim:fault{ method = "PATCH", kind = "delay", delay_ms = 20000, count = 1 }
         local p = spawn({ "apply", "--yes", pb }, env)
-        wait_for(intents_seen, "the first write's intent in the trail")
+        wait_for(intents_seen, "the first write in flight")
         p.kill("INT")
         -- the first signal is acknowledged on stderr before the second is sent
         wait_for(function() return p.err():find("interrupt again", 1, true) end, "the first interrupt's notice")
@@ -227,7 +230,7 @@ describe("crashes and full disks", function()
     it("kill -9 mid-write: the trail names the write, and the next run queues the build it owes and says so", function()
         local pb = dir .. "/staging.lua"
         write_file(pb, book({ ("{ action = %q, tier = 'staging', variables = { KILLED_FLAG = 'k' } }"):format(A2) }, 1))
-        sim:fault{ method = "PATCH", kind = "delay", delay_ms = 1500, count = 1 }
+        sim:fault{ method = "PATCH", kind = "delay", delay_ms = 4000, count = 1 }
         local builds, patches = sim:stats().builds_queued, sim:count("PATCH")
         local p = spawn({ "apply", "--yes", pb }, env)
         local recs = audit_records(dir .. "/audit.jsonl")

@@ -59,6 +59,24 @@ describe("apply progress", function()
         assert.is_nil(err:find("\r", 1, true)) -- no terminal: nothing rewritten in place
     end)
 
+    it("no masked value in the progress, the report, the trail's intents or the ledger (canary)", function()
+        local CANARY = "progress-canary-5e1d7a0b"
+        local pb = dir .. "/canary.lua"
+        write_file(pb, "return { concurrency = 1, steps = {\n"
+            .. ("  { action = %q, tier = 'staging', variables = { C_KEY = { value = %q, masked = true } } },\n"):format(A1, CANARY)
+            .. ("  { action = %q, tier = 'staging', variables = { C_KEY = { value = %q, masked = true } } },\n"):format(A2, CANARY)
+            .. "} }\n")
+        env.CXONE_STATE_FILE = dir .. "/ledger.json"
+        local code, out, err = simlib.cxone({ "apply", "--yes", pb }, env)
+        assert.equals(0, code, err)
+        assert.matches("[2/2]", err, 1, true)
+        assert.matches("apply.intent", read_file(dir .. "/audit.jsonl"), 1, true)
+        for what, text in pairs({ stdout = out, stderr = err, trail = read_file(dir .. "/audit.jsonl"),
+                                  ledger = read_file(dir .. "/ledger.json") }) do
+            assert.is_nil(text:find(CANARY, 1, true), "the masked value is in the " .. what)
+        end
+    end)
+
     it("without a terminal, a step's line comes as it finishes, before the rest of its wave", function()
         local pb = dir .. "/p.lua"
         write_file(pb, book("LIVE_FLAG", 1))

@@ -91,15 +91,18 @@ end
 
 -- Runs one op over several steps through core batch: i → batch result. While it runs, a second
 -- signal appends `words` (an apply.interrupted counting these steps as unknown) and exits.
--- `writes`: the requests write; none starts once a signal has arrived (each result `skipped`).
-local function batch(c, rep, idx, make, opts, st, writes)
+-- `kind`: "write" (none starts once a signal has arrived: each result `skipped`), "settle"
+-- (reads settling writes whose outcome is open) or "read" (before any write of these steps).
+local function batch(c, rep, idx, make, opts, st, kind)
     local reqs = {}
     for k, i in ipairs(idx) do reqs[k] = make(rep.plans[i], i) end
     local out = {}
     if #reqs == 0 then return out end
+    local writes = kind == "write"
     if st and st.armed and st.words then
-        events.last_words(c, st.words(#idx), ("\ncxone: interrupted again: stopped at once; the outcome of "
-            .. "%d request(s) in flight is unknown (the audit trail's apply.intent records name the writes)\n"):format(#idx))
+        local unknown = kind == "read" and 0 or #idx
+        events.last_words(c, st.words(unknown), ("\ncxone: interrupted again: stopped at once; the outcome of "
+            .. "%d write(s) is unknown (the audit trail's apply.intent records name them)\n"):format(unknown))
         -- a signal that came after the last look (while intents were recorded): no write starts
         if writes and st:poll() then
             events.last_words(c, nil)
@@ -121,7 +124,7 @@ end
 local function reconcile(c, rep, failed, outs, concurrency, st)
     local reads = batch(c, rep, failed, function(p)
         return { op = "get", action = p.action, env = p.tier.id }
-    end, { concurrency = concurrency }, st)
+    end, { concurrency = concurrency }, st, "settle")
     for _, i in ipairs(failed) do
         local p, r, first = rep.plans[i], reads[i], outs[i]
         if not r.ok then
@@ -198,7 +201,7 @@ local function write_chunk(c, rep, chunk, ctx)
     if #blind > 0 then
         local reads = batch(c, rep, blind, function(p)
             return { op = "get", action = p.action, env = p.tier.id }
-        end, { concurrency = concurrency }, st)
+        end, { concurrency = concurrency }, st, "read")
         for _, i in ipairs(blind) do
             local p, r = rep.plans[i], reads[i]
             if not r.ok then
@@ -232,7 +235,7 @@ local function write_chunk(c, rep, chunk, ctx)
     while #todo > 0 do
         local res = batch(c, rep, todo, function(p)
             return { op = "patch", action = p.action, env = p.tier.id, payload = p.payload, if_match = p.etag }
-        end, { concurrency = concurrency, stop_on_failure = true }, st, true)
+        end, { concurrency = concurrency, stop_on_failure = true }, st, "write")
         local failed, skipped = {}, {}
         for _, i in ipairs(todo) do
             local r = res[i]
@@ -275,7 +278,7 @@ local function write_chunk(c, rep, chunk, ctx)
     end
     local bres = batch(c, rep, builds, function(p, i)
         return { op = "build", action = p.action, idempotency_key = keys[i] }
-    end, { concurrency = concurrency }, st, true)
+    end, { concurrency = concurrency }, st, "write")
     for _, i in ipairs(builds) do
         local b, o = bres[i], outs[i]
         o.build_key = keys[i]
@@ -315,7 +318,10 @@ local function record(c, rep, i, out, keys)
         etag = out.meta and out.meta.etag or nil, reconciled = out.reconciled or nil,
     })
     local l = ledger(c)
-    if out.ok and plan.changes > 0 then
+    local known = l:get(plan.action, plan.tier.id)
+    -- a write with no masked value, to a target the ledger vouches for nothing on: nothing to record
+    if out.ok and plan.changes > 0 and (next(plan.fingerprints or {}) ~= nil
+                                         or (known and next(known.fp or {}) ~= nil)) then
         local clear = {}
         for _, e in ipairs(plan.payload.variables) do
             if not e.masked then clear[#clear + 1] = e.name end
@@ -407,7 +413,7 @@ local function end_run(c, rep, pend, st)
     end
     local l = ledger(c)
     local ok, lerr = l:flush()
-    if ok then ok, lerr = l:compact() end
+    if ok and l.appended then ok, lerr = l:compact() end -- (a run that recorded nothing leaves it)
     if not ok then rep.ledger_error = lerr end
 end
 

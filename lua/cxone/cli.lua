@@ -376,6 +376,7 @@ local function run_playbook(ctx, path, dry)
     core.signal_restore()
     if nsig > 0 then
         ctx:err("aborted while planning, nothing written")
+        if ctx.json then ctx:emit({ ok = false, error = "aborted while planning, nothing written", code = "interrupted" }) end
         c:close()
         return 128 + signo
     end
@@ -423,6 +424,7 @@ local function run_playbook(ctx, path, dry)
         if nsig > 0 then
             io.stderr:write("\n")
             ctx:err("aborted, nothing written")
+            if ctx.json then ctx:emit({ ok = false, error = "aborted, nothing written", code = "interrupted" }) end
             c:close()
             return 128 + signo
         end

@@ -203,6 +203,7 @@ function Ledger:flush()
     if ok then ok, err, code = self.file:append(table.concat(lines, "\n") .. "\n") end
     if not ok then return nil, err, code end
     self.pending = {}
+    self.appended = true -- (compaction is worth it only after an append)
     return true
 end
 
