@@ -26,7 +26,8 @@
 -- - when no server answered it answers itself, with its own 502/503/504 pages: those are reported
 --   to the engine as transport failures (504: `timeout`; 502 and 503: `network`), never as the
 --   API's answer. A refused port, an unknown host and a TLS failure (a certificate the CA file
---   does not trust) all give the same 503 page: the code is `network` for all three.
+--   does not trust) all give the same 503 page: the code is `network` for all three, and the
+--   engine does not try again (HAProxy made its own connection attempts).
 --
 -- Callable from core.register_service, register_action and register_task (yielding contexts);
 -- never from a sample fetch or a converter, which cannot yield. Under `lua-load` one Lua state
@@ -54,9 +55,11 @@ local HC_ATTEMPTS = 4 -- the httpclient's own attempts per request (HAProxy 2.6:
 local GATEWAY = {
     [502] = { "The server returned an invalid or incomplete response", "reset",
               "HAProxy's httpclient got an invalid or incomplete answer, or none (502)" },
-    [503] = { "No server is available to handle this request", "other",
-              "HAProxy's httpclient could not connect (503: a refused port, an unknown host and a TLS "
-                  .. "failure look alike; for https, check httpclient.ssl.ca-file)" },
+    -- "resolve": code `network`, and the engine does not try again (HAProxy already made its
+    -- own 4 connection attempts, 1 s apart)
+    [503] = { "No server is available to handle this request", "resolve",
+              "HAProxy's httpclient could not connect (its own 503: a refused port, an unknown host and "
+                  .. "a certificate not trusted by httpclient.ssl.ca-file look alike)" },
     [504] = { "The server didn't respond in time", "timeout", "no answer in time (HAProxy's 504)" },
 }
 
