@@ -34,7 +34,7 @@ build = {
                 "plugin/http.c",
                 "plugin/client.c",
                 "plugin/statefile.c",
-                "plugin/wire.c",
+                "plugin/engine_lua.c",
             },
             defines = { "PCRE2_CODE_UNIT_WIDTH=8", "_GNU_SOURCE" },
             libraries = { "curl", "pcre2-8", "crypto" },
