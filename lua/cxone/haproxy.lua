@@ -23,7 +23,8 @@
 --   each attempt alive and is the exception;
 -- - between attempts on a refused connection it waits 1 s, so a refused port costs ~3 s per
 --   engine attempt;
--- - when no server answered it answers itself, with its own 502/503/504 pages: those are reported
+-- - when no server answered it answers itself, with its own 502/503/504 pages (an empty 503 when
+--   the host name did not resolve): those are reported
 --   to the engine as transport failures (504: `timeout`; 502 and 503: `network`), never as the
 --   API's answer. A refused port, an unknown host and a TLS failure (a certificate the CA file
 --   does not trust) all give the same 503 page: the code is `network` for all three, and the
@@ -99,14 +100,19 @@ function Host:request(req)
     local status = res and tonumber(res.status) or 0
     local body = res and res.body or ""
     if status == 0 then return nil, "other", "HAProxy's httpclient gave no answer" end
+    local out, n = {}, 0
+    for k, v in pairs(res.headers or {}) do
+        -- values come as a list indexed from 0 in 2.6: Call:answer reads such lists
+        out[k:lower()] = v
+        n = n + 1
+    end
     local gw = GATEWAY[status]
     if gw and #body < 512 and body:find(gw[1], 1, true) and body:find("^<html><body><h1>") then
         return nil, gw[2], gw[3]
     end
-    local out = {}
-    for k, v in pairs(res.headers or {}) do
-        -- values come as a list indexed from 0 in 2.6: Call:answer reads such lists
-        out[k:lower()] = v
+    if status == 503 and body == "" and n <= 1 and (n == 0 or out["content-length"]) then
+        -- the httpclient's answer when the host name did not resolve: no page, no header
+        return nil, "resolve", GATEWAY[503][3]
     end
     return status, out, body
 end

@@ -142,8 +142,8 @@ function Host:request(req)
         local sess, herr = sock:sslhandshake(nil, self.server_name or host, true)
         if not sess then
             sock:close()
-            return nil, "tls", ("TLS handshake with %s:%d failed: %s (the server's certificate must chain to a CA "
-                .. "in lua_ssl_trusted_certificate)"):format(host, port, tostring(herr))
+            return nil, "tls", ("TLS handshake with %s:%d failed: %s (nginx trusts the CAs in "
+                .. "lua_ssl_trusted_certificate)"):format(host, port, tostring(herr))
         end
     end
     local lines = { ("%s %s HTTP/1.1"):format(req.method, path),
