@@ -17,6 +17,9 @@ echo
 echo "== the client against cxone-sim: its floor, cxone apply at 100/500/2000 actions, the sim's PATCH cost"
 lua5.4 "$SRC/bench/apply_bench.lua" "$SRC" "$BUILD"
 echo
+echo "== the client under a rate limit: requests per step, 429 share, wall against requests / R"
+"$SRC/bench/ratelimit_bench.sh" "$BUILD"
+echo
 echo "== cxone.Client: sequential vs batch"
 BUILD="$BUILD" "$SRC/bench/net_bench.sh" 500 3
 echo

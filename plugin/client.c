@@ -1,142 +1,30 @@
-/* client: the cxone.Client userdata (options, URL and id checks, request bodies, results). */
-#include <ctype.h>
-#include <math.h>
+/* client: the cxone.Client userdata: the call engine (engine.c) driven by libcurl
+ * (curl_driver.c), its options read by config.c and its outcomes made by answer.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
 #include <time.h>
-#include <unistd.h>
 
+#include "answer.h"
+#include "config.h"
+#include "curl_driver.h"
 #include "cxone.h"
-#include "http.h"
-#include "wire.h"
 
 #define CLIENT_MT "cxone.Client"
-#define BATCH_MT "cxone.Batch"
-#define DEFAULT_BASE_URL "https://api.cxone.com"
-#define DEFAULT_SCOPE "integration:actions:read integration:actions:write integration:actions:admin"
-#define DEFAULT_CA_BUNDLE "/etc/ssl/certs/ca-certificates.crt"
-#define MAX_ID_LEN 128
+#define CALLS_MT "cxone.Calls"
 
 typedef struct {
-    cxone_http *h;   /* NULL once closed */
-    cxone_xfer one;  /* the transfer of sequential calls, reused */
+    cx_engine *e;   /* NULL once closed */
+    cx_curl *d;
 } client_t;
 
-enum { OP_GET = 0, OP_PATCH, OP_PUT, OP_BUILD, OP_WEBHOOK };
 static const char *const op_names[] = {"get", "patch", "put", "build", NULL};
-
-/* ---- helpers ---- */
 
 static client_t *check_client(lua_State *L, int idx)
 {
     client_t *c = luaL_checkudata(L, idx, CLIENT_MT);
-    if (!c->h) luaL_error(L, "attempt to use a closed cxone.Client");
+    if (!c->e) luaL_error(L, "attempt to use a closed cxone.Client");
     return c;
-}
-
-/* Failure with a message scrubbed of the client's secrets. */
-static int client_fail(lua_State *L, const cxone_http *h, const char *code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int client_fail(lua_State *L, const cxone_http *h, const char *code, const char *fmt, ...)
-{
-    char msg[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    cxone_http_scrub(h, msg, sizeof msg);
-    return cxone_fail(L, code, "%s", msg);
-}
-
-static int is_loopback(const char *host)
-{
-    if (strcasecmp(host, "localhost") == 0 || strcmp(host, "[::1]") == 0 || strcmp(host, "::1") == 0)
-        return 1;
-    /* 127.0.0.0/8 as a dotted quad */
-    int a, b, c, d;
-    char tail;
-    return sscanf(host, "%d.%d.%d.%d%c", &a, &b, &c, &d, &tail) == 4 && a == 127
-        && b >= 0 && b <= 255 && c >= 0 && c <= 255 && d >= 0 && d <= 255;
-}
-
-/* Checks an absolute http(s) URL; writes why it is refused into why. 0 if acceptable. */
-static int check_url(const char *what, const char *url, int insecure_http, int allow_query,
-                     char *why, size_t whylen)
-{
-    int ret = -1;
-    char *scheme = NULL, *host = NULL, *user = NULL, *query = NULL, *frag = NULL;
-    CURLU *u = curl_url();
-    if (!u) { snprintf(why, whylen, "out of memory checking %s", what); return -1; }
-    CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
-    if (rc != CURLUE_OK) {
-        snprintf(why, whylen, "%s is not a valid absolute URL (%s)", what, curl_url_strerror(rc));
-        goto done;
-    }
-    curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-    curl_url_get(u, CURLUPART_HOST, &host, 0);
-    curl_url_get(u, CURLUPART_USER, &user, 0);
-    curl_url_get(u, CURLUPART_QUERY, &query, 0);
-    curl_url_get(u, CURLUPART_FRAGMENT, &frag, 0);
-    if (!scheme || !host || !*host) {
-        snprintf(why, whylen, "%s has no scheme or host", what);
-    } else if (strcasecmp(scheme, "https") != 0 && strcasecmp(scheme, "http") != 0) {
-        snprintf(why, whylen, "%s must use https:// (got %.16s://)", what, scheme);
-    } else if (user) {
-        snprintf(why, whylen, "%s must not carry credentials (user:password@): use the client options",
-                 what);
-    } else if (!allow_query && (query || frag)) {
-        snprintf(why, whylen, "%s must not have a query or fragment", what);
-    } else if (strcasecmp(scheme, "http") == 0 && !insecure_http && !is_loopback(host)) {
-        snprintf(why, whylen,
-                 "%s uses plain http:// to the non-loopback host %.200s: the token and secrets would "
-                 "travel unencrypted; use https://, or set insecure_http = true if you really mean it",
-                 what, host);
-    } else {
-        ret = 0;
-    }
-done:
-    curl_free(scheme);
-    curl_free(host);
-    curl_free(user);
-    curl_free(query);
-    curl_free(frag);
-    curl_url_cleanup(u);
-    return ret;
-}
-
-/* Ids that go into URL path segments: unreserved characters only, so nothing can add a
- * segment, a query or a fragment. Returns NULL if fine, else why not. */
-static const char *bad_id(const char *s, size_t n)
-{
-    if (n == 0) return "is empty";
-    if (n > MAX_ID_LEN) return "is longer than 128 characters";
-    if ((n == 1 && s[0] == '.') || (n == 2 && s[0] == '.' && s[1] == '.')) return "is a dot segment";
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!(isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~'))
-            return "contains characters not allowed in a URL path segment (allowed: A-Z a-z 0-9 - . _ ~)";
-    }
-    return NULL;
-}
-
-/* Header values from the caller (If-Match, Idempotency-Key): printable ASCII only. */
-static int header_value_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 200) return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) return 0;
-    return 1;
-}
-
-/* If-Match values: printable ASCII, up to 255 bytes (the longest ETag the transport keeps). */
-static int if_match_ok(const char *s, size_t n)
-{
-    if (n == 0 || n > 255) return 0;
-    for (size_t i = 0; i < n; i++)
-        if ((unsigned char)s[i] < 0x20 || (unsigned char)s[i] > 0x7e) return 0;
-    return 1;
 }
 
 static void check_opts_table(lua_State *L, int idx)
@@ -144,518 +32,129 @@ static void check_opts_table(lua_State *L, int idx)
     if (!lua_isnoneornil(L, idx)) luaL_checktype(L, idx, LUA_TTABLE);
 }
 
-/* ---- constructor ---- */
+/* The calls of one method invocation, in a userdata so that a Lua error frees them (they are
+ * either not started or done then: the engine holds no pointer to them). */
+typedef struct {
+    size_t n;
+    cx_call **c;
+    unsigned char *skipped;
+} calls_t;
+
+static int calls_gc(lua_State *L)
+{
+    calls_t *b = luaL_checkudata(L, 1, CALLS_MT);
+    for (size_t i = 0; b->c && i < b->n; i++) cx_call_free(NULL, b->c[i]);
+    free(b->c);
+    free(b->skipped);
+    b->c = NULL;
+    b->skipped = NULL;
+    b->n = 0;
+    return 0;
+}
+
+static calls_t *push_calls(lua_State *L, size_t n)
+{
+    calls_t *b = cxone_newudata_gc(L, sizeof *b, CALLS_MT, calls_gc);
+    if (n) {
+        b->c = calloc(n, sizeof *b->c);
+        b->skipped = calloc(n, 1);
+        if (!b->c || !b->skipped) luaL_error(L, "out of memory preparing the calls");
+        b->n = n;
+    }
+    return b;
+}
 
 /***
  * Creates a client for the CXone API. A client used in a forked child (an nginx worker, say)
  * opens its own connections there and never touches the parent's; its token is kept.
  * @function client
- * @tparam table opts see the module documentation (client_id, client_secret, base_url, ...)
+ * @tparam table opts client_id, client_secret (required), base_url, token_url, access_key_id,
+ *   access_key_secret, scope, basic_auth, ca_file, insecure_http, debug, user_agent, retries (3),
+ *   timeout (per attempt, 30 s), connect_timeout (10 s), deadline (per call, 120 s),
+ *   refresh_margin (30 s), backoff_base, backoff_cap, retry_after_cap (60 s), rate_limit
+ *   (requests per second; CXONE_MAX_RPS too: the lower wins), max_concurrency (16)
  * @treturn[1] cxone.Client
- * @treturn[2] fail with code "config" (refused URL, unreadable ca_file) or "memory"
+ * @treturn[2] fail with code "config" (a missing or invalid setting, a refused URL, an
+ *   unreadable ca_file) or "memory"; a wrong Lua type is an argument error
  */
 static int l_client(lua_State *L)
 {
     luaL_checktype(L, 1, LUA_TTABLE);
-    const char *base = cxone_opt_string(L, 1, "base_url", DEFAULT_BASE_URL, NULL);
-    const char *token_url = cxone_opt_string(L, 1, "token_url", NULL, NULL);
-    const char *id = cxone_opt_string(L, 1, "client_id", NULL, NULL);
-    const char *secret = cxone_opt_string(L, 1, "client_secret", NULL, NULL);
-    const char *key_id = cxone_opt_string(L, 1, "access_key_id", NULL, NULL);
-    const char *key_secret = cxone_opt_string(L, 1, "access_key_secret", NULL, NULL);
-    int basic = cxone_opt_boolean(L, 1, "basic_auth", 0);
-    const char *scope = cxone_opt_string(L, 1, "scope", DEFAULT_SCOPE, NULL);
-    lua_Number cto = cxone_opt_number(L, 1, "connect_timeout", 10);
-    lua_Number to = cxone_opt_number(L, 1, "timeout", 30);
-    lua_Integer retries = cxone_opt_integer(L, 1, "retries", 3);
-    lua_Number bbase = cxone_opt_number(L, 1, "backoff_base", 0.5);
-    lua_Number bcap = cxone_opt_number(L, 1, "backoff_cap", 8);
-    lua_Number racap = cxone_opt_number(L, 1, "retry_after_cap", 60);
-    lua_Number deadline = cxone_opt_number(L, 1, "deadline", 120);
-    lua_Number margin = cxone_opt_number(L, 1, "refresh_margin", 30);
-    const char *ca_file = cxone_opt_string(L, 1, "ca_file", NULL, NULL);
-    int insecure = cxone_opt_boolean(L, 1, "insecure_http", 0);
-    int debug = cxone_opt_boolean(L, 1, "debug", 0);
-    const char *ua = cxone_opt_string(L, 1, "user_agent", NULL, NULL);
-
-    luaL_argcheck(L, id && *id, 1, "option 'client_id' is required (a non-empty string)");
-    luaL_argcheck(L, secret && *secret, 1, "option 'client_secret' is required (a non-empty string)");
-    luaL_argcheck(L, (key_id == NULL) == (key_secret == NULL), 1,
-                  "options 'access_key_id' and 'access_key_secret' go together");
-    luaL_argcheck(L, cto > 0 && cto <= 3600, 1, "option 'connect_timeout' must be in (0, 3600]");
-    luaL_argcheck(L, to > 0 && to <= 86400, 1, "option 'timeout' must be in (0, 86400]");
-    luaL_argcheck(L, retries >= 0 && retries <= 100, 1, "option 'retries' must be in [0, 100]");
-    luaL_argcheck(L, bbase >= 0 && bbase <= 3600, 1, "option 'backoff_base' must be in [0, 3600]");
-    luaL_argcheck(L, bcap >= 0 && bcap <= 3600, 1, "option 'backoff_cap' must be in [0, 3600]");
-    luaL_argcheck(L, racap >= 0 && racap <= 86400, 1, "option 'retry_after_cap' must be in [0, 86400]");
-    luaL_argcheck(L, deadline > 0 && deadline <= 86400, 1, "option 'deadline' must be in (0, 86400]");
-    luaL_argcheck(L, margin >= 0 && margin <= 86400, 1, "option 'refresh_margin' must be in [0, 86400]");
-    luaL_argcheck(L, !ua || header_value_ok(ua, strlen(ua)), 1,
-                  "option 'user_agent' must be printable ASCII (at most 200 bytes)");
-    const char *env = getenv("CXONE_DEBUG");
-    if (env && *env && strcmp(env, "0") != 0) debug = 1;
-
+    cxone_buf *scratch = cxone_buf_push(L);
+    cx_config cfg;
+    cxone_extra x;
     char why[400];
-    if (check_url("base_url", base, insecure, 0, why, sizeof why) != 0)
+    if (cxone_read_config(L, 1, &cfg, &x, scratch, why, sizeof why) != 0)
         return cxone_fail(L, "config", "%s", why);
-    if (token_url && check_url("token_url", token_url, insecure, 0, why, sizeof why) != 0)
-        return cxone_fail(L, "config", "%s", why);
-    if (ca_file && access(ca_file, R_OK) != 0)
-        return cxone_fail(L, "config", "ca_file %.300s is not readable", ca_file);
-    if (!ca_file && access(DEFAULT_CA_BUNDLE, R_OK) == 0) ca_file = DEFAULT_CA_BUNDLE;
-
+    char ua[96];
+    if (!cfg.user_agent) {
+        snprintf(ua, sizeof ua, "cxone-overrides/%s", CXONE_VERSION);
+        cfg.user_agent = ua;
+    }
+    if (cx_seed(&cfg.seed) != 0) cfg.seed = (uint64_t)time(NULL);
+    if (x.debug) cfg.trace = cx_curl_trace;
     /* the userdata first, so that a failure below is collected with it */
     client_t *c = lua_newuserdatauv(L, sizeof *c, 0);
     memset(c, 0, sizeof *c);
-    cxone_xfer_init(&c->one);
     luaL_setmetatable(L, CLIENT_MT);
-    cxone_http *h = c->h = cxone_http_new();
-    if (!h) return cxone_fail(L, "memory", "out of memory creating the client");
-
-    size_t bl = strlen(base);
-    while (bl > 0 && base[bl - 1] == '/') bl--;
-    h->base_url = malloc(bl + 1);
-    if (h->base_url) { memcpy(h->base_url, base, bl); h->base_url[bl] = '\0'; }
-    if (token_url) {
-        h->token_url = cxone_sdup(token_url);
-    } else if (h->base_url) {
-        h->token_url = malloc(bl + sizeof "/oauth/token");
-        if (h->token_url) snprintf(h->token_url, bl + sizeof "/oauth/token", "%s/oauth/token", h->base_url);
-    }
-    h->client_id = cxone_sdup(id);
-    h->client_secret = cxone_sdup(secret);
-    h->key_id = cxone_sdup(key_id);
-    h->key_secret = cxone_sdup(key_secret);
-    h->scope = cxone_sdup(scope);
-    h->ca_file = cxone_sdup(ca_file);
-    if (ua) {
-        h->user_agent = cxone_sdup(ua);
-    } else {
-        char buf[96];
-        snprintf(buf, sizeof buf, "cxone-overrides/%s libcurl/%s", CXONE_VERSION, curl_version_info(CURLVERSION_NOW)->version);
-        h->user_agent = cxone_sdup(buf);
-    }
-    h->basic_auth = basic;
-    h->connect_timeout_ms = (long)ceil(cto * 1000);
-    h->timeout_ms = (long)ceil(to * 1000);
-    h->retries = (int)retries;
-    h->backoff_base = bbase;
-    h->backoff_cap = bcap;
-    h->retry_after_cap = racap;
-    h->deadline = deadline;
-    h->refresh_margin = margin;
-    h->debug = debug;
-    if (!h->base_url || !h->token_url || !h->client_id || !h->client_secret || !h->scope
-        || (key_id && (!h->key_id || !h->key_secret)) || (ca_file && !h->ca_file) || !h->user_agent) {
-        cxone_http_free(h);
-        c->h = NULL;
-        return cxone_fail(L, "memory", "out of memory creating the client");
-    }
-    if (cxone_http_start(h, why, sizeof why) != 0) {
-        cxone_http_free(h);
-        c->h = NULL;
+    c->e = cx_engine_new(&cfg);
+    if (!c->e) return cxone_fail(L, "memory", "out of memory creating the client");
+    c->d = cx_curl_new(x.ca_file, x.debug, why, sizeof why);
+    if (!c->d) {
+        cx_engine_free(c->e);
+        c->e = NULL;
         return cxone_fail(L, "memory", "%s", why);
     }
     return 1;
 }
 
-/* ---- outcomes ---- */
+/* ---- running calls ---- */
 
-/* Appends s[0..n) JSON-quoted with every non-ASCII character as a \\uXXXX escape (hex digits in
- * the given case), as encoders that escape to ASCII write it. Invalid UTF-8 is left as is. */
-static void json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper)
-{
-    const char *hex = upper ? "0123456789ABCDEF" : "0123456789abcdef";
-    cxone_buf plain;
-    cxone_buf_init(&plain);
-    cxone_json_quote(&plain, s, n); /* escapes for ASCII, as ours */
-    if (plain.oom || !plain.p) { out->oom = 1; cxone_buf_free(&plain); return; }
-    const unsigned char *p = (const unsigned char *)plain.p, *e = p + plain.len;
-    while (p < e) {
-        unsigned c = *p, cp = 0, k = 0;
-        if (c < 0x80) { cxone_buf_addc(out, (char)c); p++; continue; }
-        if (c >= 0xC2 && c <= 0xDF) { cp = c & 0x1F; k = 1; }
-        else if (c >= 0xE0 && c <= 0xEF) { cp = c & 0x0F; k = 2; }
-        else if (c >= 0xF0 && c <= 0xF4) { cp = c & 0x07; k = 3; }
-        if (!k || (size_t)(e - p) <= k || !cxone_utf8_valid(p, k + 1)) {
-            cxone_buf_addc(out, (char)c);
-            p++;
-            continue;
-        }
-        for (unsigned i = 1; i <= k; i++) cp = (cp << 6) | (p[i] & 0x3F);
-        p += k + 1;
-        unsigned units[2] = {cp, 0}, nu = 1;
-        if (cp >= 0x10000) {
-            units[0] = 0xD800 + ((cp - 0x10000) >> 10);
-            units[1] = 0xDC00 + ((cp - 0x10000) & 0x3FF);
-            nu = 2;
-        }
-        for (unsigned u = 0; u < nu; u++) {
-            char esc[6] = {'\\', 'u', hex[(units[u] >> 12) & 15], hex[(units[u] >> 8) & 15],
-                           hex[(units[u] >> 4) & 15], hex[units[u] & 15]};
-            cxone_buf_add(out, esc, 6);
-        }
-    }
-    cxone_buf_free(&plain);
-}
-
-#define SECRET_FORMS 4 /* as sent, JSON-quoted, JSON-quoted to ASCII (lower and upper case hex) */
-
-/* Pushes what no message may show, and points *spans (*ns of them) at it: the masked values
- * of the payload at idx (0 if none) as sent and in the forms a server echoing our JSON body
- * shows them, the client secrets and the token. Returns the GC-owned buffer holding the
- * derived forms (the caller wipes it when done). Stack: ..., forms, spans. */
-static cxone_buf *push_secrets(lua_State *L, const cxone_http *h, int payload, cxone_span **spans,
-                               size_t *ns)
-{
-    cxone_buf *forms = cxone_buf_push(L);
-    int base = lua_gettop(L);
-    size_t nvars = 0;
-    int vars = 0;
-    if (payload && lua_type(L, payload) == LUA_TTABLE) {
-        if (cxone_rawfield(L, payload, "variables") == LUA_TTABLE) {
-            vars = lua_gettop(L);
-            nvars = (size_t)lua_rawlen(L, vars);
-        } else {
-            lua_pop(L, 1);
-        }
-    }
-    if (nvars > (1u << 20)) nvars = 1u << 20;
-    /* per masked value: the raw string (referenced by the payload, which is on the stack) and
-     * the [start, end) offsets of its derived forms in `forms` */
-    typedef struct { const char *p; size_t n, off[SECRET_FORMS - 1][2]; } masked_t;
-    masked_t *mv = lua_newuserdatauv(L, (nvars + 1) * sizeof *mv, 0);
-    size_t nm = 0;
-    for (size_t i = 1; i <= nvars; i++) {
-        lua_rawgeti(L, vars, (lua_Integer)i);                    /* entry */
-        if (lua_type(L, -1) == LUA_TTABLE) {
-            cxone_rawfield(L, -1, "masked");                      /* entry, masked */
-            int masked = lua_toboolean(L, -1);
-            lua_pop(L, 1);                                        /* entry */
-            if (masked) {
-                if (cxone_rawfield(L, -1, "value") == LUA_TSTRING) { /* entry, value */
-                    masked_t *m = &mv[nm++];
-                    m->p = lua_tolstring(L, -1, &m->n); /* referenced by the payload */
-                    for (int f = 0; f < SECRET_FORMS - 1; f++) {
-                        m->off[f][0] = forms->len;
-                        if (f == 0) cxone_json_quote(forms, m->p, m->n);
-                        else json_quote_ascii(forms, m->p, m->n, f == 2);
-                        m->off[f][1] = forms->len;
-                    }
-                }
-                lua_pop(L, 1);                                    /* entry */
-            }
-        }
-        lua_pop(L, 1);                                            /* (the entry) */
-    }
-    CXONE_STACK_IS(L, base + (vars ? 1 : 0) + 1);
-    cxone_span *sp = lua_newuserdatauv(L, (SECRET_FORMS * nm + 3) * sizeof *sp, 0);
-    size_t n = 0;
-    for (size_t i = 0; i < nm; i++) {
-        sp[n++] = (cxone_span){mv[i].p, mv[i].n};
-        for (int f = 0; f < SECRET_FORMS - 1 && !forms->oom; f++) {
-            size_t a = mv[i].off[f][0] + 1, b = mv[i].off[f][1] - 1; /* without the quotes */
-            if (b > a) sp[n++] = (cxone_span){forms->p + a, b - a};
-        }
-    }
-    const char *sec[] = {h->client_secret, h->key_secret,
-                         h->bearer_hdr ? h->bearer_hdr + h->bearer_prefix : NULL};
-    for (size_t i = 0; i < 3; i++)
-        if (sec[i]) sp[n++] = (cxone_span){sec[i], strlen(sec[i])};
-    /* stack: forms, [variables], mv, spans: keep forms and spans only */
-    lua_replace(L, base + 1);
-    lua_settop(L, base + 1);
-    *spans = sp;
-    *ns = n;
-    return forms;
-}
-
-/* Reads string field `key` (else `alt`, if given) of the JSON error body of x into out ("" if
- * none), made safe to
- * show: masked values (payload at idx, 0 if none), secrets and the token are scrubbed from the
- * whole server text first, in bytes (so any encoding), then it is cut (never leaving the start
- * of a secret at the cut), then reduced to printable ASCII. Decodes through Lua: only called
- * once the engine has finished. */
-static void error_field(lua_State *L, const cxone_http *h, const cxone_xfer *x, int payload,
-                        const char *key, const char *alt, char *out, size_t cap)
-{
-    char err[64];
-    out[0] = '\0';
-    if (!x->resp.p || x->resp.len == 0) return;
-    int top = lua_gettop(L);
-    if (!cxone_json_decode(L, x->resp.p, x->resp.len, err, sizeof err)) return;
-    int t = LUA_TNIL, obj = lua_gettop(L);
-    if (lua_type(L, obj) == LUA_TTABLE) {
-        t = cxone_rawfield(L, obj, key);
-        if ((t != LUA_TSTRING || lua_rawlen(L, -1) == 0) && alt) { /* same reading */
-            lua_pop(L, 1);
-            t = cxone_rawfield(L, obj, alt);
-        }
-    }
-    if (t == LUA_TSTRING) {
-        size_t n;
-        const char *s = lua_tolstring(L, -1, &n);
-        cxone_span *spans;
-        size_t ns;
-        cxone_buf *forms = push_secrets(L, h, payload, &spans, &ns);
-        cxone_scrub_message(s, n, spans, ns, out, cap);
-        cxone_buf_free(forms);
-    }
-    lua_settop(L, top);
-}
-
-/* Removes the masked values of the payload at idx (if any) from msg. */
-static void scrub_masked(lua_State *L, int payload, char *msg, size_t cap)
-{
-    if (payload == 0 || lua_type(L, payload) != LUA_TTABLE) return;
-    cxone_rawfield(L, payload, "variables");
-    if (lua_type(L, -1) == LUA_TTABLE) {
-        size_t n = (size_t)lua_rawlen(L, -1);
-        for (size_t i = 1; i <= n; i++) {
-            lua_rawgeti(L, -1, (lua_Integer)i);
-            if (lua_type(L, -1) == LUA_TTABLE) {
-                cxone_rawfield(L, -1, "masked");
-                int masked = lua_toboolean(L, -1);
-                cxone_rawfield(L, -2, "value");
-                size_t vl;
-                const char *v = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &vl) : NULL;
-                if (masked && v) cxone_scrub_value(msg, cap, v, vl);
-                lua_pop(L, 2);
-            }
-            lua_pop(L, 1);
-        }
-    }
-    lua_pop(L, 1);
-}
-
-static void push_meta(lua_State *L, const cxone_xfer *x, const char *idem)
-{
-    lua_createtable(L, 0, 5);
-    lua_pushinteger(L, (lua_Integer)x->status);
-    lua_setfield(L, -2, "status");
-    if (x->etag[0]) {
-        lua_pushstring(L, x->etag);
-        lua_setfield(L, -2, "etag");
-    }
-    lua_pushnumber(L, floor(x->latency_ms * 1000.0 + 0.5) / 1000.0);
-    lua_setfield(L, -2, "latency_ms");
-    lua_pushinteger(L, x->attempts);
-    lua_setfield(L, -2, "attempts");
-    if (idem) {
-        lua_pushstring(L, idem);
-        lua_setfield(L, -2, "idempotency_key");
-    }
-}
-
-/* Maps a finished transfer to a code and message (for failures). */
-static const char *failure_of(lua_State *L, cxone_http *h, const cxone_xfer *x, int op,
-                              int payload, char *msg, size_t cap)
-{
-    if (x->fail_code) {
-        snprintf(msg, cap, "%s", x->fail_msg);
-        return x->fail_code;
-    }
-    const char *alt, *field = cxone_wire_quoted(x->status, op == OP_WEBHOOK, &alt);
-    char server[240] = "";
-    if (field) error_field(L, h, x, payload, field, alt, server, sizeof server);
-    const char *code = cxone_wire_failure(x->status, x->attempts, op == OP_WEBHOOK, h->client_id,
-                                          server, msg, cap);
-    scrub_masked(L, payload, msg, cap);
-    cxone_http_scrub(h, msg, cap);
-    return code;
-}
-
-/* Reads a 2xx answer once (cxone_wire_answer) into answers[x->slot]; called by the engine as
- * each transfer finishes (http.h: on_answer), so a bad answer is a failure before
- * stop_on_failure looks. Lua runs protected here: no error may unwind through the engine. */
 typedef struct {
     lua_State *L;
+    cx_engine *e;
     int answers; /* absolute index of the table the decoded answers go into */
 } reader_t;
 
-static int read_answer(lua_State *L) /* (x, answers) -> nothing, or a message */
+/* As each call finishes: its 2xx answer is read once into answers[slot] (a bad one makes the
+ * call a `format` failure before stop_on_failure looks). */
+static void on_done(void *ud, cx_call *c)
 {
-    cxone_xfer *x = lua_touserdata(L, 1);
-    char msg[320];
-    if (!cxone_wire_answer(L, x->expect, x->status, x->bad_etag, x->resp.p, x->resp.len, msg,
-                           sizeof msg)) {
-        lua_pushstring(L, msg);
-        return 1;
-    }
-    lua_rawseti(L, 2, (lua_Integer)x->slot);
-    return 0;
+    reader_t *r = ud;
+    if (cxone_read_answer(r->L, r->e, c)) lua_rawseti(r->L, r->answers, c->slot);
 }
 
-static void on_answer(void *ud, cxone_xfer *x)
+static void run(lua_State *L, client_t *cl, calls_t *b, int conc, int stop, int answers)
 {
-    const reader_t *r = ud;
-    lua_State *L = r->L;
-    int rc = LUA_ERRMEM;
-    if (lua_checkstack(L, 4)) {
-        lua_pushcfunction(L, read_answer);
-        lua_pushlightuserdata(L, x);
-        lua_pushvalue(L, r->answers);
-        rc = lua_pcall(L, 2, 1, 0);
-        if (rc == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
-            x->fail_code = "format";
-            snprintf(x->fail_msg, sizeof x->fail_msg, "%s", lua_tostring(L, -1));
-        }
-        lua_pop(L, 1);
-    }
-    if (rc != LUA_OK) {
-        x->fail_code = "memory";
-        snprintf(x->fail_msg, sizeof x->fail_msg, "out of memory reading the answer");
-    }
+    reader_t r = {L, cl->e, answers};
+    for (size_t i = 0; i < b->n; i++) b->c[i]->slot = (int)i + 1;
+    cx_curl_run(cl->d, cl->e, b->c, b->n, conc, stop, on_done, &r, b->skipped);
 }
 
-/* Runs the transfers with their 2xx answers read into the table at `answers`. */
-static void run_reading(lua_State *L, cxone_http *h, cxone_xfer **xs, size_t n, int conc,
-                        int stop, int answers)
+/* The meta of the client's latest single call, kept in the registry under the client's
+ * address (cleared when it is closed). Pops the value on top (a table, or nil). */
+static void set_last_meta(lua_State *L, const client_t *c)
 {
-    reader_t r = {L, answers};
-    h->on_answer = on_answer;
-    h->on_answer_ud = &r;
-    cxone_http_run(h, xs, n, conc, stop, 0);
-    h->on_answer = NULL;
-    h->on_answer_ud = NULL;
+    lua_rawsetp(L, LUA_REGISTRYINDEX, c);
 }
 
-/* Pushes the meta table, then the outcome of a finished transfer: `answer, nil, meta` (returns
- * 1) or `nil, message, code` (returns 0); four stack slots in all. The answer is the one
- * run_reading put in the table at `answers` (webhooks: true). */
-static int push_outcome(lua_State *L, cxone_http *h, cxone_xfer *x, int op, int payload,
-                        const char *idem, int answers)
+/* Runs one call made from spec and returns its three values (the meta kept for last_meta). */
+static int run_one(lua_State *L, client_t *cl, const cx_spec *spec)
 {
-    char msg[512];
-    push_meta(L, x, idem);
-    if (!x->failed && op != OP_WEBHOOK && lua_rawgeti(L, answers, (lua_Integer)x->slot) != LUA_TTABLE) {
-        lua_pop(L, 1); /* not read: cannot happen while every run goes through run_reading */
-        x->failed = 1;
-        x->fail_code = "format";
-        snprintf(x->fail_msg, sizeof x->fail_msg, "the API's answer was not read");
-    } else if (!x->failed && op == OP_WEBHOOK) {
-        lua_pushboolean(L, 1);
-    }
-    if (!x->failed) {
-        h->stats.successes++;
-        lua_pushnil(L);
-        lua_pushvalue(L, -3);
-        return 1;
-    }
-    h->stats.failures++;
-    const char *code = failure_of(L, h, x, op, payload, msg, sizeof msg);
-    luaL_pushfail(L);
-    lua_pushstring(L, msg);
-    lua_pushstring(L, code);
-    return 0;
-}
-
-/* ---- request preparation (raises only argument errors before the network) ---- */
-
-static int add_header(cxone_xfer *x, const char *name, const char *value)
-{
-    char line[320];
-    snprintf(line, sizeof line, "%s: %s", name, value);
-    return cxone_xfer_header(x, line);
-}
-
-static int api_url(cxone_xfer *x, const cxone_http *h, const char *action, const char *env,
-                   const char *suffix)
-{
-    size_t n = strlen(h->base_url) + strlen(action) + (env ? strlen(env) : 0) + 96;
-    x->url = malloc(n);
-    if (!x->url) return -1;
-    if (env)
-        snprintf(x->url, n, "%s/api/v2/integration/actions/%s/environments/%s/variables",
-                 h->base_url, action, env);
-    else
-        snprintf(x->url, n, "%s/api/v2/integration/actions/%s/%s", h->base_url, action, suffix);
-    return 0;
-}
-
-/* Prepares x for op. Stack: payload (or 0), ids, header values are already validated as
- * types; data problems become x->fail_code ("invalid"/"memory") so batch can report them per
- * entry. */
-static void prepare(lua_State *L, cxone_http *h, cxone_xfer *x, int op, const char *action,
-                    const char *env, int payload, const char *if_match, const char *idem)
-{
-    const char *why;
-    cxone_xfer_reset(x);
-    x->h = h;
-    x->kind = CXH_API;
-    x->retry_policy = CXH_RETRY_ALL;
-    if ((why = bad_id(action, strlen(action))) != NULL) {
-        snprintf(x->fail_msg, sizeof x->fail_msg, "action id %s", why);
-        x->fail_code = "invalid";
-        return;
-    }
-    if (env && (why = bad_id(env, strlen(env))) != NULL) {
-        snprintf(x->fail_msg, sizeof x->fail_msg, "environment id %s", why);
-        x->fail_code = "invalid";
-        return;
-    }
-    /* an ETag the transport accepted (up to 255 bytes) must be usable as If-Match */
-    if (if_match && !if_match_ok(if_match, strlen(if_match))) {
-        snprintf(x->fail_msg, sizeof x->fail_msg, "if_match must be 1-255 printable ASCII characters");
-        x->fail_code = "invalid";
-        return;
-    }
-    if (idem && !header_value_ok(idem, strlen(idem))) {
-        snprintf(x->fail_msg, sizeof x->fail_msg, "idempotency_key must be 1-200 printable ASCII characters");
-        x->fail_code = "invalid";
-        return;
-    }
-    int oom = 0;
-    switch (op) {
-    case OP_GET:
-        x->method = "GET";
-        x->expect = CXH_EXPECT_VARIABLES;
-        oom |= api_url(x, h, action, env, NULL);
-        break;
-    case OP_PATCH:
-    case OP_PUT: {
-        x->method = op == OP_PATCH ? "PATCH" : "PUT";
-        x->expect = CXH_EXPECT_VARIABLES;
-        x->has_body = 1;
-        oom |= api_url(x, h, action, env, NULL);
-        char err[160];
-        /* encode into a scratch buffer (wiped as it grows and when freed), then copy once into a
-         * body of the exact size: no reallocation ever leaves a masked value behind */
-        cxone_buf tmp;
-        cxone_buf_init(&tmp);
-        int rc = cxone_json_encode(L, payload, &tmp, err, sizeof err);
-        if (rc == 0 && !tmp.oom) {
-            cxone_sbuf_reserve(&x->body, tmp.len + 1);
-            cxone_sbuf_add(&x->body, tmp.p ? tmp.p : "", tmp.len);
-        }
-        cxone_sbuf_wipe(&tmp);
-        if (rc != 0) {
-            snprintf(x->fail_msg, sizeof x->fail_msg, "payload cannot be encoded as JSON: %s", err);
-            x->fail_code = "invalid";
-            return;
-        }
-        oom |= x->body.oom;
-        oom |= cxone_xfer_header(x, "Content-Type: application/json");
-        if (if_match) oom |= add_header(x, "If-Match", if_match);
-        break;
-    }
-    case OP_BUILD:
-        x->method = "POST";
-        x->expect = CXH_EXPECT_BUILD;
-        x->has_body = 1;
-        oom |= api_url(x, h, action, NULL, "build");
-        cxone_sbuf_add(&x->body, "{}", 2);
-        oom |= x->body.oom;
-        oom |= cxone_xfer_header(x, "Content-Type: application/json");
-        oom |= add_header(x, "Idempotency-Key", idem);
-        break;
-    }
-    oom |= cxone_xfer_header(x, "Accept: application/json");
-    oom |= cxone_xfer_header(x, "Expect:");
-    if (oom) {
-        snprintf(x->fail_msg, sizeof x->fail_msg, "out of memory preparing the request");
-        x->fail_code = "memory";
-    }
+    calls_t *b = push_calls(L, 1);
+    b->c[0] = cx_call_new(cl->e, spec, cx_curl_now());
+    if (!b->c[0]) return luaL_error(L, "out of memory preparing the request");
+    lua_createtable(L, 1, 0);
+    int answers = lua_gettop(L);
+    run(L, cl, b, 1, 0, answers);
+    lua_rawgeti(L, answers, 1);
+    int res = lua_type(L, -1) == LUA_TTABLE ? lua_gettop(L) : 0;
+    cxone_push_outcome(L, cl->e, b->c[0], res);
+    cx_call_free(cl->e, b->c[0]);
+    b->c[0] = NULL;
+    lua_pushvalue(L, -4);
+    set_last_meta(L, cl);
+    return 3;
 }
 
 /* payload.actionId / payload.environmentId, raising an argument error if not strings. */
@@ -672,53 +171,52 @@ static const char *payload_id(lua_State *L, int payload, int argn, const char *f
     return s;
 }
 
-/* The meta of the client's latest single call, kept in the registry under the client's
- * address (cleared when it is closed). Pops the value on top (a table, or nil). */
-static void set_last_meta(lua_State *L, const client_t *c)
+/* Encodes the payload at idx into a pushed scratch buffer (wiped when collected) and fills the
+ * spec's body and secrets (one more pushed slot). Returns NULL, or the encoder's complaint. */
+static const char *encode_payload(lua_State *L, int idx, cx_spec *spec, char *err, size_t errlen)
 {
-    lua_rawsetp(L, LUA_REGISTRYINDEX, c);
-}
-
-static int run_one(lua_State *L, client_t *c, int op, int payload, const char *idem)
-{
-    cxone_xfer *x = &c->one, *xs[1] = {x};
-    lua_createtable(L, 1, 0);
-    int answers = lua_gettop(L);
-    x->slot = 1;
-    run_reading(L, c->h, xs, 1, 1, 0, answers);
-    push_outcome(L, c->h, x, op, payload, idem, answers);
-    cxone_xfer_reset(x); /* wipes the body and the answer */
-    lua_pushvalue(L, -4);
-    set_last_meta(L, c);
-    return 3;
+    idx = lua_absindex(L, idx);
+    cxone_buf *b = cxone_buf_push(L);
+    cxone_spec_secrets(L, idx, spec);
+    if (cxone_json_encode(L, idx, b, err, errlen) != 0) return err;
+    if (b->oom || cxone_buf_cstr(b) != 0) {
+        snprintf(err, errlen, "out of memory encoding the payload");
+        return err;
+    }
+    spec->body = b->p;
+    spec->body_len = b->len;
+    return NULL;
 }
 
 /* ---- methods ---- */
 
 /***
- * Fetches a token now (it is otherwise fetched and refreshed on demand).
+ * Fetches a new token now (it is otherwise fetched and refreshed on demand).
  * @function Client:authenticate
  * @treturn[1] boolean true
  * @treturn[1] nil
  * @treturn[1] table {expires_in=, scope=}
- * @treturn[2] fail (auth, scope, network, tls, server, rate_limited, format)
+ * @treturn[2] fail (auth, scope, network, timeout, tls, server, rate_limited, format)
  */
 static int m_authenticate(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    cxone_http *h = c->h;
-    cxone_http_run(h, NULL, 0, 1, 0, 1);
-    if (h->tok_fail_code) {
-        h->stats.failures++;
-        return client_fail(L, h, h->tok_fail_code, "%s", h->tok_fail_msg);
-    }
+    lua_rawgetp(L, LUA_REGISTRYINDEX, c); /* last_meta stays: this is not an API call */
+    int keep = lua_gettop(L);
+    cx_spec spec = {.op = CX_AUTH};
+    run_one(L, c, &spec);
+    lua_pushvalue(L, keep);
+    set_last_meta(L, c);
+    if (lua_isnil(L, -3)) return 3;
+    lua_pop(L, 3);
     lua_pushboolean(L, 1);
     lua_pushnil(L);
     lua_createtable(L, 0, 2);
-    lua_pushnumber(L, h->token_expires_in);
+    lua_pushnumber(L, cx_engine_token_expires_in(c->e));
     lua_setfield(L, -2, "expires_in");
-    if (h->token_scope) {
-        lua_pushstring(L, h->token_scope);
+    const char *scope = cx_engine_token_scope(c->e);
+    if (scope) {
+        lua_pushstring(L, scope);
         lua_setfield(L, -2, "scope");
     }
     return 3;
@@ -737,10 +235,10 @@ static int m_authenticate(lua_State *L)
 static int m_get(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    const char *a = luaL_checkstring(L, 2);
-    const char *e = luaL_checkstring(L, 3);
-    prepare(L, c->h, &c->one, OP_GET, a, e, 0, NULL, NULL);
-    return run_one(L, c, OP_GET, 0, NULL);
+    cx_spec spec = {.op = CX_GET};
+    spec.action = luaL_checkstring(L, 2);
+    spec.env = luaL_checkstring(L, 3);
+    return run_one(L, c, &spec);
 }
 
 static int patch_or_put(lua_State *L, int op)
@@ -748,16 +246,23 @@ static int patch_or_put(lua_State *L, int op)
     client_t *c = check_client(L, 1);
     luaL_checktype(L, 2, LUA_TTABLE);
     check_opts_table(L, 3);
-    const char *a = payload_id(L, 2, 2, "actionId");
-    const char *e = payload_id(L, 2, 2, "environmentId");
-    const char *if_match = cxone_opt_string(L, 3, "if_match", NULL, NULL);
-    prepare(L, c->h, &c->one, op, a, e, 2, if_match, NULL);
-    return run_one(L, c, op, 2, NULL);
+    cx_spec spec = {.op = op};
+    spec.action = payload_id(L, 2, 2, "actionId");
+    spec.env = payload_id(L, 2, 2, "environmentId");
+    spec.if_match = cxone_opt_string(L, 3, "if_match", NULL, NULL);
+    char err[160];
+    if (encode_payload(L, 2, &spec, err, sizeof err)) {
+        lua_pushnil(L);
+        set_last_meta(L, c);
+        return cxone_fail(L, "invalid", "payload cannot be encoded as JSON: %s", err);
+    }
+    return run_one(L, c, &spec);
 }
 
 /***
  * Merges variables into an environment (PATCH), optionally only if its ETag is unchanged.
- * Retried on 429/5xx/connection failures; with if_match a retry after a lost answer may
+ * Retried on 429/5xx/connection failures; libcurl never re-sends it on its own (a broken
+ * connection is an attempt the engine counts). With if_match a retry after a lost answer may
  * report `conflict` although the first attempt was applied.
  * @function Client:patch
  * @tparam table payload {variables=, environmentId=, actionId=}
@@ -767,13 +272,13 @@ static int patch_or_put(lua_State *L, int op)
  * @treturn[1] table meta
  * @treturn[2] fail (its meta: Client:last_meta)
  */
-static int m_patch(lua_State *L) { return patch_or_put(L, OP_PATCH); }
+static int m_patch(lua_State *L) { return patch_or_put(L, CX_PATCH); }
 
 /***
  * Replaces an environment's variables (PUT); as patch otherwise.
  * @function Client:put
  */
-static int m_put(lua_State *L) { return patch_or_put(L, OP_PUT); }
+static int m_put(lua_State *L) { return patch_or_put(L, CX_PUT); }
 
 /***
  * Queues a build of an action. A random Idempotency-Key is generated unless given, so that
@@ -789,22 +294,20 @@ static int m_put(lua_State *L) { return patch_or_put(L, OP_PUT); }
 static int m_build(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    const char *a = luaL_checkstring(L, 2);
+    cx_spec spec = {.op = CX_BUILD};
+    spec.action = luaL_checkstring(L, 2);
     check_opts_table(L, 3);
-    const char *idem = cxone_opt_string(L, 3, "idempotency_key", NULL, NULL);
+    spec.idempotency_key = cxone_opt_string(L, 3, "idempotency_key", NULL, NULL);
     char uuid[37];
-    if (!idem) {
-        if (cxone_http_uuid4(uuid) != 0) {
+    if (!spec.idempotency_key) {
+        if (cx_uuid4(uuid) != 0) {
             lua_pushnil(L);
             set_last_meta(L, c);
             return cxone_fail(L, "memory", "the random generator failed");
         }
-        idem = uuid;
+        spec.idempotency_key = uuid;
     }
-    lua_pushstring(L, idem); /* keep a copy alive for meta */
-    idem = lua_tostring(L, -1);
-    prepare(L, c->h, &c->one, OP_BUILD, a, NULL, 0, NULL, idem);
-    return run_one(L, c, OP_BUILD, 0, idem);
+    return run_one(L, c, &spec);
 }
 
 /***
@@ -824,7 +327,6 @@ static int m_build(lua_State *L)
 static int m_webhook(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    cxone_http *h = c->h;
     const char *url = luaL_checkstring(L, 2);
     luaL_checktype(L, 3, LUA_TTABLE);
     check_opts_table(L, 4);
@@ -836,73 +338,31 @@ static int m_webhook(lua_State *L)
     set_last_meta(L, c);
     char why[400];
     /* the webhook URL is never echoed: it may carry a token in its query */
-    if (check_url("the webhook URL", url, 0, 1, why, sizeof why) != 0) {
-        h->stats.failures++;
-        return client_fail(L, h, "config", "%s", why);
-    }
-    cxone_xfer *x = &c->one;
-    cxone_xfer_reset(x);
-    x->h = h;
-    x->kind = CXH_WEBHOOK;
-    x->retry_policy = CXH_RETRY_SAFE;
-    x->method = "POST";
-    x->has_body = 1;
+    if (cxone_check_url("the webhook URL", url, 0, 1, why, sizeof why) != 0)
+        return cxone_fail(L, "config", "%s", why);
+    cx_spec spec = {.op = CX_WEBHOOK, .url = url};
     char err[160];
-    if (cxone_json_encode(L, 3, &x->body, err, sizeof err) != 0) {
-        cxone_xfer_reset(x);
-        h->stats.failures++;
+    cxone_buf *b = cxone_buf_push(L);
+    if (cxone_json_encode(L, 3, b, err, sizeof err) != 0)
         return cxone_fail(L, "invalid", "the webhook event cannot be encoded as JSON: %s", err);
-    }
-    int oom = x->body.oom || !(x->url = cxone_sdup(url));
-    oom |= cxone_xfer_header(x, "Content-Type: application/json");
-    oom |= cxone_xfer_header(x, "Expect:");
-    if (secret && !oom) {
-        char hex[65], line[128];
-        cxone_buf signed_text; /* "<t>.<body>" */
-        cxone_buf_init(&signed_text);
-        cxone_buf_addf(&signed_text, "%lld.", (long long)ts);
-        cxone_buf_add(&signed_text, x->body.p ? x->body.p : "", x->body.len);
-        int bad = signed_text.oom
-            || cxone_hmac_sha256_hex(secret, sl, signed_text.p, signed_text.len, hex) != 0;
-        cxone_buf_free(&signed_text);
-        if (bad) {
-            cxone_xfer_reset(x);
+    char line[128];
+    if (secret) {
+        char hex[65];
+        cxone_buf *signed_text = cxone_buf_push(L); /* "<t>.<body>" */
+        cxone_buf_addf(signed_text, "%lld.", (long long)ts);
+        cxone_buf_add(signed_text, b->p ? b->p : "", b->len);
+        if (signed_text->oom || cxone_hmac_sha256_hex(secret, sl, signed_text->p, signed_text->len, hex) != 0)
             return cxone_fail(L, "memory", "libcrypto failed to sign the webhook body");
-        }
-        snprintf(line, sizeof line, "X-Cxone-Signature: t=%lld,v1=%s", (long long)ts, hex);
-        oom |= cxone_xfer_header(x, line);
+        snprintf(line, sizeof line, "t=%lld,v1=%s", (long long)ts, hex);
+        spec.signature = line;
     }
-    if (oom) {
-        cxone_xfer_reset(x);
-        return cxone_fail(L, "memory", "out of memory preparing the webhook");
-    }
-    return run_one(L, c, OP_WEBHOOK, 0, NULL);
+    if (b->oom) return cxone_fail(L, "memory", "out of memory preparing the webhook");
+    spec.body = b->p ? b->p : "";
+    spec.body_len = b->len;
+    return run_one(L, c, &spec);
 }
 
-/* ---- batch ---- */
-
-typedef struct {
-    size_t n;
-    cxone_xfer *x;    /* n transfers */
-    cxone_xfer **px;  /* n pointers */
-    char (*idem)[201]; /* the builds' keys (generated, or the caller's: at most 200 bytes) */
-} batch_t;
-
-static int batch_gc(lua_State *L)
-{
-    batch_t *b = luaL_checkudata(L, 1, BATCH_MT);
-    if (b->x)
-        for (size_t i = 0; i < b->n; i++) cxone_xfer_reset(&b->x[i]);
-    free(b->x);
-    free(b->px);
-    free(b->idem);
-    b->x = NULL;
-    b->px = NULL;
-    b->idem = NULL;
-    b->n = 0;
-    return 0;
-}
-
+/* A string field of a batch request (NULL when absent and optional). */
 static const char *req_str(lua_State *L, int t, size_t i, const char *field, int required)
 {
     int ty = cxone_rawfield(L, t, field);
@@ -918,7 +378,7 @@ static const char *req_str(lua_State *L, int t, size_t i, const char *field, int
 }
 
 /***
- * Runs many requests concurrently over the client's multi handle.
+ * Runs many requests concurrently over the client's connections (and within its rate limit).
  * @function Client:batch
  * @tparam table requests list of {op="get"|"patch"|"put"|"build", action=, env=, payload=,
  *   if_match=, idempotency_key=}
@@ -929,34 +389,17 @@ static const char *req_str(lua_State *L, int t, size_t i, const char *field, int
 static int m_batch(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    cxone_http *h = c->h;
     luaL_checktype(L, 2, LUA_TTABLE);
     check_opts_table(L, 3);
     lua_Integer conc = cxone_opt_integer(L, 3, "concurrency", 8);
     int stop = cxone_opt_boolean(L, 3, "stop_on_failure", 0);
-    luaL_argcheck(L, conc >= 1 && conc <= CXH_MAX_CONCURRENCY, 3, "option 'concurrency' must be in [1, 64]");
+    luaL_argcheck(L, conc >= 1 && conc <= CXD_MAX_CONCURRENCY, 3, "option 'concurrency' must be in [1, 64]");
     size_t n = (size_t)lua_rawlen(L, 2);
-
-    /* the transfers live in a userdata so that any error below frees them */
-    batch_t *b = cxone_newudata_gc(L, sizeof *b, BATCH_MT, batch_gc);
+    calls_t *b = push_calls(L, n);
     int bidx = lua_gettop(L);
-    if (n > 0) {
-        b->x = calloc(n, sizeof *b->x);
-        b->px = calloc(n, sizeof *b->px);
-        b->idem = calloc(n, sizeof *b->idem);
-        if (!b->x || !b->px || !b->idem) return cxone_fail(L, "memory", "out of memory preparing the batch");
-        b->n = n;
-        for (size_t i = 0; i < n; i++) {
-            cxone_xfer_init(&b->x[i]);
-            b->px[i] = &b->x[i];
-        }
-    }
-    int *opk = n ? lua_newuserdatauv(L, n * sizeof(int), 0) : NULL;
-    lua_createtable(L, (int)n, 0); /* the payloads as read, for scrubbing the results */
-    int pidx = lua_gettop(L);
-    /* One pass: each entry and each of its fields is read once, raw (a metamethod cannot
-     * answer differently on a second read), checked, and turned into a request. Misuse
-     * raises an argument error before anything is sent; the userdata above is collected. */
+    double now = cx_curl_now();
+    /* One pass: each entry and each of its fields is read once, raw, checked, and turned into a
+     * call. Misuse raises an argument error before anything is sent; the calls are collected. */
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, 2, (lua_Integer)i);
         if (lua_type(L, -1) != LUA_TTABLE) {
@@ -973,17 +416,18 @@ static int m_batch(lua_State *L)
                                             (int)i, op);
             luaL_argerror(L, 2, m);
         }
-        opk[i - 1] = k;
-        const char *if_match = req_str(L, t, i, "if_match", 0);
-        const char *idem = req_str(L, t, i, "idempotency_key", 0);
-        cxone_xfer *x = &b->x[i - 1];
-        if (k == OP_PATCH || k == OP_PUT) {
+        cx_spec spec = {.op = k};
+        spec.if_match = req_str(L, t, i, "if_match", 0);
+        spec.idempotency_key = req_str(L, t, i, "idempotency_key", 0);
+        const char *mismatch = NULL, *early = NULL;
+        char err[200], uuid[37];
+        if (k == CX_PATCH || k == CX_PUT) {
             if (cxone_rawfield(L, t, "payload") != LUA_TTABLE) {
                 const char *m = lua_pushfstring(L, "request #%d: 'payload' must be a table", (int)i);
                 luaL_argerror(L, 2, m);
             }
             int p = lua_gettop(L);
-            const char *id[2];
+            const char *a = NULL, *e = NULL;
             for (int f = 0; f < 2; f++) {
                 const char *field = f ? "environmentId" : "actionId";
                 if (cxone_rawfield(L, p, field) != LUA_TSTRING) {
@@ -991,68 +435,61 @@ static int m_batch(lua_State *L)
                                                     (int)i, field);
                     luaL_argerror(L, 2, m);
                 }
-                id[f] = lua_tostring(L, -1);
+                if (f) e = lua_tostring(L, -1);
+                else a = lua_tostring(L, -1);
                 lua_pop(L, 1); /* referenced by the payload */
             }
-            const char *a = id[0], *e = id[1];
+            spec.action = a;
+            spec.env = e;
             const char *ra = req_str(L, t, i, "action", 0), *re = req_str(L, t, i, "env", 0);
-            prepare(L, h, x, k, a, e, p, if_match, NULL);
-            if (!x->fail_code && ((ra && strcmp(ra, a) != 0) || (re && strcmp(re, e) != 0))) {
-                cxone_xfer_reset(x);
-                x->fail_code = "invalid";
-                snprintf(x->fail_msg, sizeof x->fail_msg,
-                         "request #%d: action/env disagree with payload.actionId/environmentId", (int)i);
+            if ((ra && strcmp(ra, a) != 0) || (re && strcmp(re, e) != 0))
+                mismatch = "action/env disagree with payload.actionId/environmentId";
+            char eerr[160];
+            if (encode_payload(L, p, &spec, eerr, sizeof eerr)) {
+                snprintf(err, sizeof err, "payload cannot be encoded as JSON: %s", eerr);
+                early = err;
             }
-            lua_rawseti(L, pidx, (lua_Integer)i); /* pops the payload */
-        } else if (k == OP_BUILD) {
-            const char *a = req_str(L, t, i, "action", 1);
-            int no_key = 0;
-            if (!idem) {
-                no_key = cxone_http_uuid4(b->idem[i - 1]) != 0;
-            } else if (strlen(idem) < sizeof b->idem[i - 1]) { /* longer: refused by prepare */
-                memcpy(b->idem[i - 1], idem, strlen(idem) + 1);
-            }
-            prepare(L, h, x, k, a, NULL, 0, NULL, idem ? idem : b->idem[i - 1]);
-            if (no_key) { /* never a shared placeholder key */
-                x->fail_code = "memory";
-                snprintf(x->fail_msg, sizeof x->fail_msg, "the random generator failed");
+        } else if (k == CX_BUILD) {
+            spec.action = req_str(L, t, i, "action", 1);
+            if (!spec.idempotency_key) {
+                if (cx_uuid4(uuid) == 0) spec.idempotency_key = uuid;
+                else early = "the random generator failed"; /* never a shared placeholder key */
             }
         } else {
-            const char *a = req_str(L, t, i, "action", 1);
-            const char *e = req_str(L, t, i, "env", 1);
-            prepare(L, h, x, k, a, e, 0, NULL, NULL);
+            spec.action = req_str(L, t, i, "action", 1);
+            spec.env = req_str(L, t, i, "env", 1);
         }
-        lua_pop(L, 1);
+        cx_call *call = cx_call_new(c->e, &spec, now);
+        if (!call) return luaL_error(L, "out of memory preparing the batch");
+        b->c[i - 1] = call;
+        if (!call->done && (early || mismatch)) {
+            if (mismatch) snprintf(err, sizeof err, "request #%d: %s", (int)i, mismatch);
+            cx_call_fail_early(c->e, call, early && !mismatch ? (strstr(early, "random") ? "memory" : "invalid")
+                                                              : "invalid",
+                               mismatch ? err : early);
+        }
+        lua_settop(L, t - 1);
     }
-
     lua_createtable(L, (int)n, 0);
     int answers = lua_gettop(L);
-    for (size_t i = 0; i < n; i++) b->x[i].slot = (int)i + 1;
-    run_reading(L, h, b->px, n, (int)conc, stop, answers);
+    run(L, c, b, (int)conc, stop, answers);
 
-    /* results, in order */
-    lua_createtable(L, (int)n, 0);
+    lua_createtable(L, (int)n, 0); /* results, in order */
     for (size_t i = 1; i <= n; i++) {
-        cxone_xfer *x = &b->x[i - 1];
+        cx_call *x = b->c[i - 1];
         lua_createtable(L, 0, 4);
-        if (x->skipped) {
+        int entry = lua_gettop(L);
+        if (b->skipped[i - 1]) {
             lua_pushboolean(L, 0);
-            lua_setfield(L, -2, "ok");
+            lua_setfield(L, entry, "ok");
             lua_pushboolean(L, 1);
-            lua_setfield(L, -2, "skipped");
+            lua_setfield(L, entry, "skipped");
             lua_pushliteral(L, "not_attempted");
-            lua_setfield(L, -2, "code");
+            lua_setfield(L, entry, "code");
         } else {
-            int payload = 0;
-            if (opk[i - 1] == OP_PATCH || opk[i - 1] == OP_PUT) {
-                lua_rawgeti(L, pidx, (lua_Integer)i); /* the payload as read before the run */
-                payload = lua_gettop(L);
-            }
-            int top = lua_gettop(L);
-            int ok = push_outcome(L, h, x, opk[i - 1], payload,
-                                  opk[i - 1] == OP_BUILD ? b->idem[i - 1] : NULL, answers);
-            /* stack: entry, [payload], meta, three values */
-            int entry = payload ? payload - 1 : top;
+            lua_rawgeti(L, answers, (lua_Integer)i);
+            int res = lua_type(L, -1) == LUA_TTABLE ? lua_gettop(L) : 0;
+            int ok = cxone_push_outcome(L, c->e, x, res); /* meta, three values */
             if (ok) {
                 lua_pop(L, 2);
                 lua_setfield(L, entry, "result");
@@ -1064,12 +501,13 @@ static int m_batch(lua_State *L)
             lua_setfield(L, entry, "meta");
             lua_pushboolean(L, ok);
             lua_setfield(L, entry, "ok");
-            if (payload) lua_pop(L, 1);
+            lua_settop(L, entry);
         }
         lua_rawseti(L, -2, (lua_Integer)i);
-        cxone_xfer_reset(x);
+        cx_call_free(c->e, x);
+        b->c[i - 1] = NULL;
     }
-    lua_replace(L, bidx); /* the batch userdata's slot now holds the results */
+    lua_replace(L, bidx); /* the calls' slot now holds the results */
     lua_settop(L, bidx);
     return 1;
 }
@@ -1080,13 +518,15 @@ static int m_batch(lua_State *L)
  * Counters since the client was created.
  * @function Client:stats
  * @treturn table {requests=, attempts=, retries=, token_requests=, successes=, failures=,
- *   connections=, latency_ms_total=}
+ *   connections=, latency_ms_total=, rate_limited= (429s seen), paced_s= (seconds held back by
+ *   the rate limit), rate= (the effective limit, requests/s, 0: none), latency_buckets= (calls
+ *   by latency: bucket i counts calls of at most 2^(i-1) ms, the last one the rest)}
  */
 static int m_stats(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    const cxone_http_stats *s = &c->h->stats;
-    lua_createtable(L, 0, 8);
+    const cx_stats *s = cx_engine_stats(c->e);
+    lua_createtable(L, 0, 12);
 #define F(name)                                 \
     lua_pushinteger(L, (lua_Integer)s->name);   \
     lua_setfield(L, -2, #name)
@@ -1096,10 +536,22 @@ static int m_stats(lua_State *L)
     F(token_requests);
     F(successes);
     F(failures);
-    F(connections);
+    F(rate_limited);
 #undef F
+    lua_pushinteger(L, (lua_Integer)cx_curl_connections(c->d));
+    lua_setfield(L, -2, "connections");
     lua_pushnumber(L, s->latency_ms_total);
     lua_setfield(L, -2, "latency_ms_total");
+    lua_pushnumber(L, s->paced_s);
+    lua_setfield(L, -2, "paced_s");
+    lua_pushnumber(L, cx_pacer_rate(cx_engine_pacer(c->e)));
+    lua_setfield(L, -2, "rate");
+    lua_createtable(L, CX_HIST_BUCKETS, 0);
+    for (int i = 0; i < CX_HIST_BUCKETS; i++) {
+        lua_pushinteger(L, (lua_Integer)s->hist[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "latency_buckets");
     return 1;
 }
 
@@ -1111,7 +563,7 @@ static int m_stats(lua_State *L)
 static int m_token_ttl(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    double ttl = cxone_http_token_ttl(c->h);
+    double ttl = cx_engine_token_ttl(c->e, cx_curl_now());
     if (ttl < 0) lua_pushnil(L);
     else lua_pushnumber(L, ttl);
     return 1;
@@ -1142,10 +594,11 @@ static int m_close(lua_State *L)
     client_t *c = luaL_checkudata(L, 1, CLIENT_MT);
     lua_pushnil(L);
     set_last_meta(L, c);
-    if (c->h) {
-        cxone_xfer_reset(&c->one);
-        cxone_http_free(c->h);
-        c->h = NULL;
+    if (c->e) {
+        cx_curl_free(c->d);
+        cx_engine_free(c->e);
+        c->d = NULL;
+        c->e = NULL;
     }
     return 0;
 }
@@ -1153,15 +606,31 @@ static int m_close(lua_State *L)
 static int m_tostring(lua_State *L)
 {
     client_t *c = luaL_checkudata(L, 1, CLIENT_MT);
-    if (!c->h) {
+    if (!c->e) {
         lua_pushliteral(L, "cxone.Client (closed)");
         return 1;
     }
-    double ttl = cxone_http_token_ttl(c->h);
+    const char *id = cx_engine_config(c->e)->client_id;
+    double ttl = cx_engine_token_ttl(c->e, cx_curl_now());
     if (ttl < 0)
-        lua_pushfstring(L, "cxone.Client (client_id=%s, no token)", c->h->client_id);
+        lua_pushfstring(L, "cxone.Client (client_id=%s, no token)", id);
     else
-        lua_pushfstring(L, "cxone.Client (client_id=%s, token valid %d s)", c->h->client_id, (int)ttl);
+        lua_pushfstring(L, "cxone.Client (client_id=%s, token valid %d s)", id, (int)ttl);
+    return 1;
+}
+
+/***
+ * A random UUID (version 4) from the OS's CSPRNG (OpenSSL RAND_bytes): run ids and
+ * Idempotency-Keys, safe across fork.
+ * @function uuid
+ * @treturn[1] string
+ * @treturn[2] fail with code "memory" if the CSPRNG failed
+ */
+static int l_uuid(lua_State *L)
+{
+    char u[37];
+    if (cx_uuid4(u) != 0) return cxone_fail(L, "memory", "the random generator failed");
+    lua_pushstring(L, u);
     return 1;
 }
 
@@ -1190,22 +659,6 @@ void cxone_client_open(lua_State *L)
     cxone_class(L, CLIENT_MT, metameth, meth);
     lua_pushcfunction(L, l_client);
     lua_setfield(L, -2, "client");
-}
-
-/* ---- shared with wire.c; declared in wire.h ---- */
-
-const char *cxone_bad_id(const char *s, size_t n) { return bad_id(s, n); }
-void cxone_json_quote_ascii(cxone_buf *out, const char *s, size_t n, int upper)
-{
-    json_quote_ascii(out, s, n, upper);
-}
-int cxone_header_value_ok(const char *s, size_t n) { return header_value_ok(s, n); }
-void cxone_scrub_masked(lua_State *L, int payload, char *msg, size_t cap)
-{
-    scrub_masked(L, payload, msg, cap);
-}
-int cxone_check_url(const char *what, const char *url, int insecure_http, int allow_query,
-                    char *why, size_t whylen)
-{
-    return check_url(what, url, insecure_http, allow_query, why, whylen);
+    lua_pushcfunction(L, l_uuid);
+    lua_setfield(L, -2, "uuid");
 }

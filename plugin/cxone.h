@@ -5,7 +5,9 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include "buf.h"
 #include "compat.h"
+#include "scrub.h"
 
 #define CXONE_VERSION "0.1.0"
 #define CXONE_EXPORT __attribute__((visibility("default")))
@@ -47,50 +49,12 @@ void cxone_engine_lua_open(lua_State *L);
 int cxone_fail(lua_State *L, const char *code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Growable byte buffer, independent of Lua so that libcurl callbacks and code holding
- * resources can use it without risking a longjmp. On allocation failure `oom` is set,
- * later appends are ignored, and the caller reports it once. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} cxone_buf;
-
-void cxone_buf_init(cxone_buf *b);
-void cxone_buf_free(cxone_buf *b);
-void cxone_buf_add(cxone_buf *b, const void *s, size_t n);
-void cxone_buf_addstr(cxone_buf *b, const char *s);
-void cxone_buf_addc(cxone_buf *b, char c);
-void cxone_buf_addf(cxone_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Pushes a zeroed userdata of size bytes whose metatable tname (created on first use) has
  * gc as __gc: scratch state that must be released even if a Lua error unwinds the call. */
 void *cxone_newudata_gc(lua_State *L, size_t size, const char *tname, lua_CFunction gc);
 /* Pushes a userdata holding an empty buffer whose memory is freed by __gc, and returns it:
  * for code that may raise Lua errors while the buffer is in use. */
 cxone_buf *cxone_buf_push(lua_State *L);
-/* Ensures a NUL after the content (not counted in len); returns 0, or -1 on oom. */
-int cxone_buf_cstr(cxone_buf *b);
-
-/* Scrubbing text a server sent (it may quote what we sent it): a list of byte strings that
- * must never be shown. */
-typedef struct {
-    const char *p;
-    size_t n;
-} cxone_span;
-#define CXONE_SCRUB_PREFIX_MIN 8 /* a cut-off secret is hidden from this many bytes on */
-/* Appends s[0..n) to out (a wiping buffer) with every occurrence of a secret (of at least 4
- * bytes) replaced by "[redacted]", and a tail that is the start of a secret (at least
- * CXONE_SCRUB_PREFIX_MIN bytes, the text was cut inside it) replaced too. Works on bytes: any
- * encoding, NULs included. */
-void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span *secrets, size_t ns);
-/* Shortens *n so that s[0..*n) does not end with the start of a secret (see above); returns 1
- * if it did. For text about to be cut at *n. */
-int cxone_scrub_cut(const char *s, size_t *n, const cxone_span *secrets, size_t ns);
-/* A server's text made fit for a message: the secrets scrubbed from the whole of s[0..n) first,
- * then cut to cap-1 bytes (never ending with the start of a secret), then printable ASCII only
- * (other bytes as '?'). out is "" if memory ran out. */
-void cxone_scrub_message(const char *s, size_t n, const cxone_span *secrets, size_t ns, char *out,
-                         size_t cap);
 
 /* JSON (plugin/json.c). null is a NULL light userdata, as with lua-cjson. */
 #define CXONE_JSON_MAX_DEPTH 64

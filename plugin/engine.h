@@ -33,9 +33,11 @@
 
 #include "buf.h"
 #include "pace.h"
+#include "scrub.h"
 
 /* What a call does. */
-enum { CX_GET = 0, CX_PATCH, CX_PUT, CX_BUILD, CX_WEBHOOK };
+/* CX_AUTH: a call that only obtains a new token (authenticate). */
+enum { CX_GET = 0, CX_PATCH, CX_PUT, CX_BUILD, CX_WEBHOOK, CX_AUTH };
 /* What a request goes to: the API (bearer token), the token endpoint, or a third party. */
 enum { CX_KIND_API = 0, CX_KIND_TOKEN, CX_KIND_WEBHOOK };
 /* What cx_call_next asks of the driver. */
@@ -85,6 +87,10 @@ typedef struct {
     double rate_limit;      /* requests per second set by the operator; 0: none */
     int max_concurrency;    /* AIMD ceiling for calls in flight (>= 1) */
     uint64_t seed;          /* backoff jitter (from a CSPRNG; the engine reads no randomness) */
+    /* The engine's account of its decisions (retry, token, pacing), one line at a time, already
+     * scrubbed; NULL: none. For debug traces. */
+    void (*trace)(void *ud, int call_id, const char *line);
+    void *trace_ud;
 } cx_config;
 
 typedef struct {
@@ -157,6 +163,8 @@ struct cx_call {
     char msg[CX_MSG];
     double latency_ms;
     double retry_after;        /* of the last answer, seconds (< 0: none) */
+    int id;                    /* numbered by the engine, for traces */
+    int slot;                  /* the binding's (the engine never reads it) */
 };
 
 /* Makes an engine (NULL when out of memory). The configuration is copied; it is not checked
@@ -164,7 +172,7 @@ struct cx_call {
 cx_engine *cx_engine_new(const cx_config *cfg);
 void cx_engine_free(cx_engine *e);
 const cx_config *cx_engine_config(const cx_engine *e);
-const cx_stats *cx_engine_stats(const cx_engine *e);
+const cx_stats *cx_engine_stats(cx_engine *e);
 cx_pacer *cx_engine_pacer(cx_engine *e);
 /* A new jitter seed (after fork, so that parent and children do not retry in step). */
 void cx_engine_reseed(cx_engine *e, uint64_t seed);
@@ -229,5 +237,7 @@ const char *cx_status_failure(long status, int attempts, int webhook, const char
 /* Replaces every secret of the engine (client secret, key secret, token) and of the call (its
  * masked values; c may be NULL) in the NUL-terminated msg (cap bytes) with [redacted]. */
 void cx_scrub_msg(const cx_engine *e, const cx_call *c, char *msg, size_t cap);
+/* Adds those secrets to set (0, or -1 when memory ran out: the set then hides everything). */
+int cx_call_secrets(const cx_engine *e, const cx_call *c, cx_secrets *set);
 
 #endif

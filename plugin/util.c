@@ -1,4 +1,4 @@
-/* Shared mechanism: the failure helper, byte buffers, UTF-8, hashing, option readers,
+/* Shared mechanism: the failure helper, Lua-owned buffers, UTF-8, hashing, option readers,
  * and switching core dumps off. */
 #include <errno.h>
 #include <stdio.h>
@@ -38,82 +38,7 @@ int cxone_fail(lua_State *L, const char *code, const char *fmt, ...)
     return 3;
 }
 
-/* ---- buffers ---- */
-
-void cxone_buf_init(cxone_buf *b)
-{
-    b->p = NULL;
-    b->len = b->cap = 0;
-    b->oom = 0;
-}
-
-/* Buffers may hold masked values (request bodies, decoded answers): their memory is wiped
- * before it is freed, and growing copies into a new block and wipes the old one (realloc
- * would leave the old content in freed memory). */
-void cxone_buf_free(cxone_buf *b)
-{
-    if (b->p) {
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
-    }
-    cxone_buf_init(b);
-}
-
-static int buf_reserve(cxone_buf *b, size_t extra)
-{
-    if (b->oom) return -1;
-    if (extra > SIZE_MAX - b->len - 1) { b->oom = 1; return -1; }
-    size_t need = b->len + extra + 1;
-    if (need <= b->cap) return 0;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need) cap = cap > SIZE_MAX / 2 ? need : cap * 2;
-    char *p = malloc(cap);
-    if (!p) { b->oom = 1; return -1; }
-    if (b->p) {
-        memcpy(p, b->p, b->len);
-        OPENSSL_cleanse(b->p, b->cap);
-        free(b->p);
-    }
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-void cxone_buf_add(cxone_buf *b, const void *s, size_t n)
-{
-    if (n == 0 || buf_reserve(b, n) != 0) return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-}
-
-void cxone_buf_addstr(cxone_buf *b, const char *s) { cxone_buf_add(b, s, strlen(s)); }
-
-void cxone_buf_addc(cxone_buf *b, char c)
-{
-    if (buf_reserve(b, 1) != 0) return;
-    b->p[b->len++] = c;
-}
-
-void cxone_buf_addf(cxone_buf *b, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) { b->oom = 1; return; }
-    if (buf_reserve(b, (size_t)n) != 0) return;
-    va_start(ap, fmt);
-    vsnprintf(b->p + b->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    b->len += (size_t)n;
-}
-
-int cxone_buf_cstr(cxone_buf *b)
-{
-    if (buf_reserve(b, 0) != 0) return -1;
-    b->p[b->len] = '\0';
-    return 0;
-}
+/* ---- buffers owned by Lua (the buffer itself: plugin/buf.c) ---- */
 
 #define BUF_MT "cxone.Buffer"
 
@@ -140,79 +65,6 @@ cxone_buf *cxone_buf_push(lua_State *L)
     cxone_buf *b = cxone_newudata_gc(L, sizeof *b, BUF_MT, buf_gc);
     cxone_buf_init(b);
     return b;
-}
-
-/* ---- scrubbing ---- */
-
-#define SCRUB_MARK "[redacted]"
-
-int cxone_scrub_cut(const char *s, size_t *n, const cxone_span *secrets, size_t ns)
-{
-    int cut = 0;
-    for (;;) { /* until no start ends it: what a cut uncovers may be one too ("…Tk9vTk9vY2") */
-        size_t best = *n;
-        for (size_t i = 0; i < ns; i++) {
-            const cxone_span *c = &secrets[i];
-            if (c->n < CXONE_SCRUB_PREFIX_MIN) continue;
-            /* the longest proper start of the secret that ends the text */
-            size_t k = c->n - 1 < *n ? c->n - 1 : *n;
-            for (; k >= CXONE_SCRUB_PREFIX_MIN; k--)
-                if (memcmp(s + *n - k, c->p, k) == 0) break;
-            if (k >= CXONE_SCRUB_PREFIX_MIN && *n - k < best) best = *n - k;
-        }
-        if (best == *n) return cut;
-        *n = best;
-        cut = 1;
-    }
-}
-
-void cxone_scrub_into(cxone_buf *out, const char *s, size_t n, const cxone_span *secrets, size_t ns)
-{
-    size_t run = 0, i = 0;
-    while (i < n) {
-        size_t hit = 0;
-        for (size_t k = 0; k < ns; k++) {
-            const cxone_span *c = &secrets[k];
-            if (c->n >= 4 && c->n <= n - i && c->n > hit && s[i] == c->p[0]
-                && memcmp(s + i, c->p, c->n) == 0)
-                hit = c->n; /* the longest secret that starts here */
-        }
-        if (!hit) { i++; continue; }
-        cxone_buf_add(out, s + run, i - run);
-        cxone_buf_addstr(out, SCRUB_MARK);
-        i += hit;
-        run = i;
-    }
-    size_t tail = n - run;
-    if (cxone_scrub_cut(s + run, &tail, secrets, ns)) {
-        cxone_buf_add(out, s + run, tail);
-        cxone_buf_addstr(out, SCRUB_MARK);
-    } else {
-        cxone_buf_add(out, s + run, n - run);
-    }
-}
-
-void cxone_scrub_message(const char *s, size_t n, const cxone_span *secrets, size_t ns, char *out,
-                         size_t cap)
-{
-    out[0] = '\0';
-    cxone_buf clean;
-    cxone_buf_init(&clean);
-    cxone_scrub_into(&clean, s, n, secrets, ns);
-    size_t m = clean.len;
-    if (!clean.oom && m > 0) {
-        if (m > cap - 1) {
-            m = cap - 1;
-            cxone_scrub_cut(clean.p, &m, secrets, ns);
-        }
-        size_t j = 0;
-        for (size_t i = 0; i < m && j + 1 < cap; i++) {
-            unsigned char ch = (unsigned char)clean.p[i];
-            out[j++] = ch >= 0x20 && ch < 0x7f ? (char)ch : '?';
-        }
-        out[j] = '\0';
-    }
-    cxone_buf_free(&clean); /* wiped */
 }
 
 /* ---- UTF-8 ---- */

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <errno.h>
 #include <stdlib.h>
+#include <time.h>
 
 static const char *state_path;          /* --state, or NULL */
 static char *journal_path;              /* <state>.journal, or NULL */
@@ -48,6 +49,15 @@ static int l_random_hex(lua_State *L)
 static int l_now(lua_State *L)
 {
     lua_pushnumber(L, sim_monotonic());
+    return 1;
+}
+
+/* simc.time() -> wall-clock seconds since the epoch (float), for epoch-style reset headers */
+static int l_time(lua_State *L)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0) return luaL_error(L, "clock_gettime failed");
+    lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
     return 1;
 }
 
@@ -148,6 +158,7 @@ static int open_simc(lua_State *L)
     static const luaL_Reg fns[] = {
         { "random_hex", l_random_hex },
         { "now", l_now },
+        { "time", l_time },
         { "sha256_hex", l_sha256_hex },
         { "persist", l_persist },
         { "journal_append", l_journal_append },
@@ -225,6 +236,10 @@ lua_State *sim_lua_open(const struct sim_options *opt, char *err, size_t errlen)
     lua_setfield(L, -2, "token_ttl");
     lua_pushnumber(L, opt->rate_limit);
     lua_setfield(L, -2, "rate_limit");
+    lua_pushstring(L, opt->rate_limit_headers);
+    lua_setfield(L, -2, "rate_limit_headers");
+    lua_pushstring(L, opt->rate_limit_reset);
+    lua_setfield(L, -2, "rate_limit_reset");
     if (opt->state_path) {
         lua_pushstring(L, opt->state_path);
         lua_setfield(L, -2, "state_path");

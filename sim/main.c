@@ -25,6 +25,11 @@ static void usage(FILE *out)
         "  --scenario FILE        arm the faults listed in FILE ({\"faults\":[...]})\n"
         "  --token-ttl SECONDS    access token lifetime (default 3600)\n"
         "  --rate-limit N/s       per-client token bucket on API routes (burst N; default off)\n"
+        "  --rate-limit-headers all|429|none\n"
+        "                         where X-RateLimit-* and RateLimit(-Policy) go: every API answer\n"
+        "                         (default), 429s only, or nowhere (Retry-After only)\n"
+        "  --rate-limit-reset delta|epoch\n"
+        "                         X-RateLimit-Reset as seconds from now (default) or a unix time\n"
         "  --tls-cert FILE        serve HTTPS with this PEM certificate...\n"
         "  --tls-key FILE         ...and this PEM private key\n"
         "  --quiet                no per-request log on stderr\n"
@@ -73,6 +78,8 @@ static int parse_args(int argc, char **argv, struct sim_options *o)
     snprintf(o->host, sizeof o->host, "127.0.0.1");
     o->port = 8642;
     o->token_ttl = 3600;
+    o->rate_limit_headers = "all";
+    o->rate_limit_reset = "delta";
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -86,7 +93,8 @@ static int parse_args(int argc, char **argv, struct sim_options *o)
         if (strncmp(a, "--", 2) != 0) return bad("unexpected argument '%s'", a);
         if (strcmp(a, "--listen") && strcmp(a, "--state") && strcmp(a, "--scenario")
             && strcmp(a, "--token-ttl") && strcmp(a, "--rate-limit") && strcmp(a, "--tls-cert")
-            && strcmp(a, "--tls-key"))
+            && strcmp(a, "--tls-key") && strcmp(a, "--rate-limit-headers")
+            && strcmp(a, "--rate-limit-reset"))
             return bad("unknown option '%s'", a);
         if (!v) return bad("option %s needs a value", a);
         i++;
@@ -110,6 +118,14 @@ static int parse_args(int argc, char **argv, struct sim_options *o)
             if (errno || end == v || !(n > 0) || n > 1e7 || (*end && strcmp(end, "/s") != 0))
                 return bad("--rate-limit wants N/s with N > 0, got '%s'", v);
             o->rate_limit = n;
+        } else if (strcmp(a, "--rate-limit-headers") == 0) {
+            if (strcmp(v, "all") && strcmp(v, "429") && strcmp(v, "none"))
+                return bad("--rate-limit-headers wants all, 429 or none, got '%s'", v);
+            o->rate_limit_headers = v;
+        } else if (strcmp(a, "--rate-limit-reset") == 0) {
+            if (strcmp(v, "delta") && strcmp(v, "epoch"))
+                return bad("--rate-limit-reset wants delta or epoch, got '%s'", v);
+            o->rate_limit_reset = v;
         } else if (strcmp(a, "--tls-cert") == 0) {
             o->tls_cert = v;
         } else if (strcmp(a, "--tls-key") == 0) {

@@ -17,6 +17,8 @@ struct sim_options {
     const char *scenario_path;  /* --scenario */
     long token_ttl;             /* --token-ttl, seconds */
     double rate_limit;          /* --rate-limit N/s, 0 = off */
+    const char *rate_limit_headers; /* --rate-limit-headers: "all", "429" or "none" */
+    const char *rate_limit_reset;   /* --rate-limit-reset: "delta" or "epoch" */
     const char *tls_cert;
     const char *tls_key;
     int quiet;

@@ -43,7 +43,10 @@ end
 ---------------------------------------------------------------------------------------------
 -- Run-time data
 ---------------------------------------------------------------------------------------------
-local config = { token_ttl = 3600, rate_limit = 0 }
+-- rate_limit: requests/s per client (0 = off); rate_limit_headers: "all", "429" or "none";
+-- rate_limit_reset: "delta" or "epoch" (see sim/README.md, Rate limit)
+local config = { token_ttl = 3600, rate_limit = 0, rate_limit_headers = "all", rate_limit_reset = "delta" }
+local start_config = {}     -- the run-time switches as given at start, for POST /_sim/reset
 local initial_text          -- the data set loaded at start, for POST /_sim/reset
 local S                     -- the state: see load_state
 local tokens = {}           -- access token -> { client_id, scopes = set, expires }
@@ -53,7 +56,10 @@ local webhooks = {}         -- name -> list of events
 local pending = {}          -- deferred answers: id -> function returning a verdict
 local next_pending = 0
 local issued_since_purge = 0
-local stats = { requests = 0, tokens_issued = 0, builds_queued = 0, routes = {} }
+local KINDS = { "read", "write", "build", "token", "other" }
+local stats = { requests = 0, tokens_issued = 0, builds_queued = 0, rate_limited = 0, routes = {}, kinds = {} }
+for _, k in ipairs(KINDS) do stats.kinds[k] = { requests = 0, rate_limited = 0 } end
+local KEY_KIND = {}         -- route key ("GET <template>") -> kind; filled next to ROUTES
 
 ---------------------------------------------------------------------------------------------
 -- Small helpers
@@ -135,6 +141,11 @@ local function record(key, status)
     end
     local k = tostring(status)
     r[k] = (r[k] or 0) + 1
+    if status == 429 then
+        stats.rate_limited = stats.rate_limited + 1
+        local kind = stats.kinds[KEY_KIND[key] or "other"]
+        kind.rate_limited = kind.rate_limited + 1
+    end
 end
 
 local function respond(status, body, headers)
@@ -525,8 +536,11 @@ local function authenticate(req, key)
     return info
 end
 
--- Returns nil when the request may proceed, else the whole seconds to wait.
-local function rate_wait(client_id)
+-- The per-client token bucket: burst max(1, rate), refilled at rate tokens/s. Takes a token
+-- when `take` is set; returns nil when the limit is off, else what the answer may say about it:
+-- { limited = seconds to wait (when no token was left), limit, remaining, reset (seconds until
+-- the bucket is full again, not rounded), window (seconds the burst lasts) }.
+local function rate_check(client_id, take)
     local rate = config.rate_limit
     if not rate or rate <= 0 then return nil end
     local cap = math.max(1, rate)
@@ -538,27 +552,53 @@ local function rate_wait(client_id)
     end
     b.level = math.min(cap, b.level + (now - b.t) * rate)
     b.t = now
-    if b.level >= 1 then
-        b.level = b.level - 1
-        return nil
+    local rl = { limit = math.floor(cap + 1e-9), window = math.max(1, math.ceil(cap / rate - 1e-9)) }
+    if take then
+        if b.level >= 1 then
+            b.level = b.level - 1
+        else
+            rl.limited = math.max(1, math.ceil((1 - b.level) / rate))
+        end
     end
-    return math.max(1, math.ceil((1 - b.level) / rate))
+    rl.remaining = math.max(0, math.floor(b.level + 1e-9))
+    rl.reset = math.max(0, (cap - b.level) / rate)
+    return rl
+end
+
+-- Adds the rate-limit headers the configured server style sends (rl from rate_check).
+local function add_rate_headers(h, rl, status)
+    local mode = config.rate_limit_headers
+    if mode == "none" or mode == "429" and status ~= 429 then return end
+    local reset = math.ceil(rl.reset - 1e-9) -- whole seconds, never early
+    h["X-RateLimit-Limit"] = tostring(rl.limit)
+    h["X-RateLimit-Remaining"] = tostring(rl.remaining)
+    if config.rate_limit_reset == "epoch" then
+        h["X-RateLimit-Reset"] = ("%d"):format(math.ceil(simc.time() + rl.reset))
+    else
+        h["X-RateLimit-Reset"] = tostring(reset)
+    end
+    -- draft-ietf-httpapi-ratelimit-headers-08 structured fields
+    h["RateLimit-Policy"] = ('"default";q=%d;w=%d'):format(rl.limit, rl.window)
+    h["RateLimit"] = ('"default";r=%d;t=%d'):format(rl.remaining, reset)
 end
 
 -- Authentication, scope and rate limit for an API route: returns the token record or nil, verdict.
+-- Leaves the bucket's state in req.rl, so that the final answer carries the rate-limit headers.
 local function guard(req, key, scope)
     local info, verdict = authenticate(req, key)
     if not info then return nil, verdict end
     if not info.scopes[scope] then
+        req.rl = rate_check(info.client_id, false)
         record(key, 403)
         return nil, err(403, "insufficient_scope", "this operation requires the " .. scope .. " scope",
             { required_scope = scope })
     end
-    local wait = rate_wait(info.client_id)
-    if wait then
+    local rl = rate_check(info.client_id, true)
+    req.rl = rl
+    if rl and rl.limited then
         record(key, 429)
         return nil, err(429, "rate_limited", "too many requests for this client; retry later", nil,
-            { ["Retry-After"] = tostring(wait) })
+            { ["Retry-After"] = tostring(rl.limited) })
     end
     return info
 end
@@ -814,6 +854,19 @@ local function route_key(method, route)
     return method .. " " .. (route and route.template or "(unknown)")
 end
 
+-- What each route key counts as in stats.kinds (anything else: "other").
+KEY_KIND["GET " .. VARIABLES] = "read"
+KEY_KIND["PATCH " .. VARIABLES] = "write"
+KEY_KIND["PUT " .. VARIABLES] = "write"
+KEY_KIND["POST /api/v2/integration/actions/{actionId}/build"] = "build"
+KEY_KIND["POST /oauth/token"] = "token"
+
+-- The last touch on an API answer: the rate-limit headers of the client's bucket, if guard ran.
+local function finish(req, v)
+    if req.rl and v.headers then add_rate_headers(v.headers, req.rl, v.status) end
+    return v
+end
+
 local function process(req, route, params, key)
     if not route then
         record(key, 404)
@@ -885,6 +938,7 @@ end
 ---------------------------------------------------------------------------------------------
 local function reset_runtime()
     config.etag = true
+    for k, v in pairs(start_config) do config[k] = v end
     faults = {}
     webhooks = {}
     buckets = {}
@@ -901,6 +955,25 @@ local function replace_state(st)
     return err(500, "storage_failed", tostring(perr))
 end
 
+-- The settings POST /_sim/config takes: name -> check(value) returning nil or what it must be.
+local CONFIG_CHECKS = {
+    etag = function(v) if type(v) ~= "boolean" then return "a boolean" end end,
+    rate_limit = function(v)
+        if type(v) ~= "number" or v < 0 or v > 1e7 or v ~= v then return "a number of requests/s >= 0 (0: off)" end
+    end,
+    rate_limit_headers = function(v)
+        if v ~= "all" and v ~= "429" and v ~= "none" then return '"all", "429" or "none"' end
+    end,
+    rate_limit_reset = function(v)
+        if v ~= "delta" and v ~= "epoch" then return '"delta" or "epoch"' end
+    end,
+}
+
+local function config_view()
+    return { etag = config.etag, rate_limit = config.rate_limit, rate_limit_headers = config.rate_limit_headers,
+             rate_limit_reset = config.rate_limit_reset }
+end
+
 local function sim_route(req, segs)
     local m, n = req.method, #segs
     local function not_allowed(allow)
@@ -911,7 +984,7 @@ local function sim_route(req, segs)
         if m ~= "GET" then return not_allowed("GET") end
         return respond(200, { requests = stats.requests, connections = simc.connections(),
                               tokens_issued = stats.tokens_issued, builds_queued = stats.builds_queued,
-                              routes = stats.routes })
+                              rate_limited = stats.rate_limited, kinds = stats.kinds, routes = stats.routes })
     elseif n == 2 and what == "state" then
         if m == "GET" then return respond(200, encode(state_document())) end
         if m ~= "PUT" then return not_allowed("GET, PUT") end
@@ -927,17 +1000,20 @@ local function sim_route(req, segs)
         reset_runtime()
         return respond(200, { status = "reset" })
     elseif n == 2 and what == "config" then
-        -- runtime switches: {"etag": false} plays a server without conditional writes
-        if m == "GET" then return respond(200, { etag = config.etag }) end
+        -- runtime switches: see CONFIG_CHECKS
+        if m == "GET" then return respond(200, config_view()) end
         if m ~= "POST" then return not_allowed("GET, POST") end
         local doc = json.decode(req.body or "")
         if not is_object(doc) then return err(400, "invalid_request", "the body must be a JSON object") end
         for k, v in pairs(doc) do
-            if k ~= "etag" then return err(422, "invalid_request", "unknown setting '" .. tostring(k) .. "'") end
-            if type(v) ~= "boolean" then return err(422, "invalid_request", "etag must be a boolean") end
+            local check = CONFIG_CHECKS[k]
+            if not check then return err(422, "invalid_request", "unknown setting '" .. tostring(k) .. "'") end
+            local e = check(v)
+            if e then return err(422, "invalid_request", k .. " must be " .. e) end
         end
-        if doc.etag ~= nil then config.etag = doc.etag end
-        return respond(200, { etag = config.etag })
+        for k, v in pairs(doc) do config[k] = v end
+        if doc.rate_limit ~= nil then buckets = {} end
+        return respond(200, config_view())
     elseif n == 2 and what == "faults" then
         if m == "GET" then
             local list = {}
@@ -1001,16 +1077,18 @@ function M.handle(req)
     stats.requests = stats.requests + 1
     local route, params = match_route(segs)
     local key = route_key(req.method, route)
+    local kind = stats.kinds[KEY_KIND[key] or "other"]
+    kind.requests = kind.requests + 1
     if req.too_large then
         record(key, 413)
         return err(413, "payload_too_large", "the request body is over 1 MiB")
     end
     local f = take_fault(req.method, segs)
-    if not f then return process(req, route, params, key) end
+    if not f then return finish(req, process(req, route, params, key)) end
     if f.delay_ms and f.delay_ms > 0 and f.kind ~= "hang" then
-        return defer(f.delay_ms, function() return apply_fault(f, req, route, params, key) end)
+        return defer(f.delay_ms, function() return finish(req, apply_fault(f, req, route, params, key)) end)
     end
-    return apply_fault(f, req, route, params, key)
+    return finish(req, apply_fault(f, req, route, params, key))
 end
 
 --- resume(id) -> verdict for a deferred answer whose delay is over.
@@ -1083,6 +1161,13 @@ function M.init(cfg)
     config.token_ttl = cfg.token_ttl or 3600
     config.etag = true
     config.rate_limit = cfg.rate_limit or 0
+    config.rate_limit_headers = cfg.rate_limit_headers or "all"
+    config.rate_limit_reset = cfg.rate_limit_reset or "delta"
+    for _, k in ipairs({ "rate_limit", "rate_limit_headers", "rate_limit_reset" }) do
+        local e = CONFIG_CHECKS[k](config[k])
+        if e then return nil, k .. " must be " .. e end
+        start_config[k] = config[k]
+    end
     local text, origin = cfg.demo_text, "built-in demo data"
     if cfg.state_text then text, origin = cfg.state_text, cfg.state_path end
     local st, e = load_state(text, origin)

@@ -296,7 +296,7 @@ describe("fork safety", function()
         local out = dir .. "/child-keys"
         assert(forks.run(function()
             local _, _, meta = assert(c:build(A))
-            simlib.write_file(out, meta.idempotency_key .. "\n" .. core.wire_uuid() .. "\n"
+            simlib.write_file(out, meta.idempotency_key .. "\n" .. core.uuid() .. "\n"
                               .. clientmod.new_run_id() .. "\n")
         end))
         local _, _, meta = assert(c:build(A))
@@ -305,7 +305,7 @@ describe("fork safety", function()
         assert.equals(3, #child)
         assert.matches("^%x+%-%x+%-4%x+%-[89ab]%x+%-%x+$", child[1])
         assert.are_not.equal(child[1], meta.idempotency_key)
-        assert.are_not.equal(child[2], core.wire_uuid())
+        assert.are_not.equal(child[2], core.uuid())
         assert.are_not.equal(child[3], clientmod.new_run_id())
         c:close()
     end)

@@ -178,8 +178,9 @@ describe("hostile input", function()
             local calls = { n = 0 }
             local opts = proxy({ client_id = D.client_id, client_secret = D.client_secret,
                                  base_url = sim.url }, calls)
-            local ok, err = pcall(core.client, opts)
-            assert.is_false(ok)
+            local c, err, code = core.client(opts)
+            assert.is_nil(c)
+            assert.equals("config", code)
             assert.matches("client_id", err)
             assert.equals(0, calls.n)
         end)

@@ -57,14 +57,27 @@ describe("cxone.Client faults", function()
         assert.is_true(dt < 5, "waited " .. dt .. " s")
     end)
 
-    it("retry_after_cap bounds the Retry-After wait", function()
+    it("a Retry-After over retry_after_cap or past the deadline fails at once, naming the wait", function()
         local c = client{ retry_after_cap = 0.2 }
-        sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 30, count = 2 }
+        sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 30, count = 1 }
         local t0 = now()
-        local r, err, meta = c:get(A1, "dev")
-        assert.is_table(r)
-        assert.equals(3, meta.attempts)
+        local r, msg, code = c:get(A1, "dev")
+        assert.is_nil(r)
+        assert.equals("rate_limited", code)
+        assert.matches("asked to wait 30 s", msg, 1, true)
+        assert.matches("retry_after_cap", msg, 1, true)
+        assert.equals(1, c:last_meta().attempts)
         assert.is_true(now() - t0 < 5)
+        -- within the cap but past the deadline: the same, without waiting for the deadline
+        local d = client{ deadline = 2 }
+        sim:fault{ method = "GET", path = VARS, kind = "status", status = 429, retry_after = 86400, count = 1 }
+        t0 = now()
+        r, msg, code = d:get(A1, "dev")
+        assert.is_nil(r)
+        assert.equals("rate_limited", code)
+        assert.matches("asked to wait 86400 s", msg, 1, true)
+        assert.matches("deadline", msg, 1, true)
+        assert.is_true(now() - t0 < 1.5)
     end)
 
     it("429 beyond the retries is rate_limited", function()
@@ -114,7 +127,7 @@ describe("cxone.Client faults", function()
         end
     end)
 
-    it("a hang is network after the timeout", function()
+    it("a hang is timeout after the attempt's timeout", function()
         local c = client{ timeout = 0.3, retries = 1 }
         sim:fault{ method = "GET", path = VARS, kind = "hang", count = 2 }
         local t0 = now()
@@ -122,7 +135,7 @@ describe("cxone.Client faults", function()
         local meta = c:last_meta()
         local dt = now() - t0
         assert.is_nil(r)
-        assert.equals("network", code)
+        assert.equals("timeout", code)
         assert.matches("imeout", msg)
         assert.equals(2, meta.attempts)
         assert.is_true(dt >= 0.6 and dt < 5, "took " .. dt)
@@ -130,13 +143,14 @@ describe("cxone.Client faults", function()
 
     it("a connection reset is retried", function()
         local c = client()
-        -- libcurl itself re-sends once, on a fresh connection, when a reused connection dies
-        -- before any answer; the second reset (on that fresh connection) is ours to retry
+        -- libcurl would re-send a request on a fresh connection when a reused one dies before
+        -- any answer; the body's read callback refuses the rewind, so every send is an attempt
+        -- the engine counts (and the audit records): two resets, three attempts
         sim:fault{ method = "PATCH", path = VARS, kind = "reset", count = 2 }
         local r, err, meta = c:patch(patch_payload(A1, "dev", "after-reset"))
         assert.is_table(r)
-        assert.equals(2, meta.attempts)
-        assert.equals(1, c:stats().retries)
+        assert.equals(3, meta.attempts)
+        assert.equals(2, c:stats().retries)
         assert.is_true(c:stats().connections >= 3)
         -- a reset on every attempt ends as network
         sim:fault{ method = "GET", path = VARS, kind = "reset", count = 20 }

@@ -55,7 +55,7 @@ end
 -- 16 hex digits from the OS's CSPRNG (OpenSSL RAND_bytes): distinct across forked processes.
 -- Never a guessed fallback: two processes must not share a run id (builds' keys derive from it).
 local function new_run_id()
-    local u = assert(core.wire_uuid())
+    local u = assert(core.uuid())
     return (u:gsub("%-", ""):sub(1, 16))
 end
 M.new_run_id = new_run_id

@@ -53,7 +53,8 @@ end)
 T.test("--help exits 0 and lists the flags", function()
     local out, code = T.sh(T.shq(os.getenv("CXONE_SIM_BIN")) .. " --help")
     T.eq(code, 0, "exit 0")
-    for _, f in ipairs({ "--listen", "--state", "--scenario", "--token-ttl", "--rate-limit", "--tls-cert", "--quiet" }) do
+    for _, f in ipairs({ "--listen", "--state", "--scenario", "--token-ttl", "--rate-limit", "--rate-limit-headers",
+                         "--rate-limit-reset", "--tls-cert", "--quiet" }) do
         T.ok(out:find(f, 1, true), f)
     end
 end)

@@ -33,7 +33,8 @@ T.test("stats: exact shape, counts per route template and status", function(s)
     local keys = {}
     for k in pairs(st) do keys[#keys + 1] = k end
     table.sort(keys)
-    T.eq(table.concat(keys, ","), "builds_queued,connections,requests,routes,tokens_issued", "exact keys")
+    T.eq(table.concat(keys, ","), "builds_queued,connections,kinds,rate_limited,requests,routes,tokens_issued",
+        "exact keys")
     T.eq(st.requests, 7, "API requests (control routes not counted)")
     T.eq(st.tokens_issued, 1, "tokens_issued")
     T.eq(st.builds_queued, 1, "builds_queued")
@@ -43,6 +44,14 @@ T.test("stats: exact shape, counts per route template and status", function(s)
     T.eq(st.routes["PATCH " .. V]["200"], 1, "PATCH 200")
     T.eq(st.routes["POST /oauth/token"]["200"], 1, "token")
     T.eq(st.routes["POST /api/v2/integration/actions/{actionId}/build"]["202"], 1, "build")
+    -- requests by kind (401s and 404s included): they add up to `requests`
+    T.eq(st.kinds.read.requests, 3, "reads")
+    T.eq(st.kinds.write.requests, 1, "writes")
+    T.eq(st.kinds.build.requests, 1, "builds")
+    T.eq(st.kinds.token.requests, 1, "token requests")
+    T.eq(st.kinds.other.requests, 1, "unknown paths")
+    T.eq(st.rate_limited, 0, "no 429 without a rate limit")
+    for k, v in pairs(st.kinds) do T.eq(v.rate_limited, 0, k .. ": no 429") end
 end)
 
 T.test("connections: one keep-alive curl with five URLs is one connection", function(s)
