@@ -33,11 +33,12 @@ assert(big_url, "big_server.py did not start")
 local BASES = {
     main = sim.url,
     big = big_url,
+    tight = sim.url,
     tls = "https://localhost:" .. tls_port,
     unknown = "https://no-such-host.invalid",
 }
 local ENV = {
-    CONTRACT_BASE_MAIN = BASES.main, CONTRACT_BASE_BIG = BASES.big, CONTRACT_BASE_TLS = BASES.tls, CONTRACT_BASE_UNKNOWN = BASES.unknown,
+    CONTRACT_BASE_MAIN = BASES.main, CONTRACT_BASE_BIG = BASES.big, CONTRACT_BASE_TIGHT = BASES.tight, CONTRACT_BASE_TLS = BASES.tls, CONTRACT_BASE_UNKNOWN = BASES.unknown,
     CONTRACT_CLIENT_ID = T.DEMO.client_id, CONTRACT_CLIENT_SECRET = T.DEMO.client_secret,
     CONTRACT_TLS_ADDR = "127.0.0.1", CONTRACT_TLS_PORT = tls_port,
 }
@@ -232,6 +233,9 @@ local SCRIPT = {
       code = "server", attempts = 2, same_message = true },
     { name = "a hung server", faults = { fault({ kind = "hang", count = 40 }) }, code = "timeout",
       attempts = 2, max_s = 15 },
+    -- deadline 3 s, timeout 2 s, 3 retries: the second attempt gets what is left of the deadline
+    { name = "a hung server, the deadline binding", base = "tight", faults = { fault({ kind = "hang", count = 40 }) },
+      code = "timeout", attempts = 2, max_s = 4 },
     { name = "the connection reset on every attempt", faults = { fault({ kind = "reset", count = 40 }) },
       code = "network", attempts = 2 },
     { name = "401 on an expired token: one refresh, one retry", faults = { fault({ kind = "expire_tokens" }) },

@@ -4,16 +4,20 @@
 -- nginx, at load time in HAProxy, where nothing can be required later).
 local S = {}
 
-local BASES = { "main", "big", "tls", "unknown" }
+local BASES = { "main", "big", "tls", "unknown", "tight" }
 
 function S.options(base)
-    return {
+    local o = {
         base_url = os.getenv("CONTRACT_BASE_" .. base:upper()),
         client_id = os.getenv("CONTRACT_CLIENT_ID"), client_secret = os.getenv("CONTRACT_CLIENT_SECRET"),
         retries = 1, timeout = 6, connect_timeout = 2, deadline = 14,
         backoff_base = 0.05, backoff_cap = 0.1, retry_after_cap = 60,
         audit_log = false, state_file = false,
     }
+    if base == "tight" then -- the main server, with a deadline shorter than the attempts
+        o.retries, o.timeout, o.deadline = 3, 2, 3
+    end
+    return o
 end
 
 --- Makes the clients with `new(opts)`; host_opts(base) adds the host's own options.
