@@ -165,7 +165,7 @@ end)
 -- An nginx with 4 workers and small clients (timeout 2 s) for the host checks: /get (one read),
 -- /lock (takes the token lock as a worker that then dies would), /config (the constructor's
 -- refusals), /noresolver (a host name without a `resolver`).
-local function start_checks(base)
+local function start_checks(base, extra)
     local dir = work .. "/checks" .. L.free_port()
     os.execute("mkdir -p " .. dir .. " && chmod 755 " .. dir)
     local port = L.free_port()
@@ -186,10 +186,10 @@ http {
     init_worker_by_lua_block {
         CLIENT = assert(require("resty.cxone").new{ base_url = os.getenv("CXONE_BASE_URL"),
             client_id = "%s", client_secret = "%s", timeout = 2, deadline = 20, retries = 0,
-            audit_log = false, state_file = false })
+            audit_log = false, state_file = false, %s })
     }
     server {
-        listen 127.0.0.1:%d;
+        listen 127.0.0.1:%d reuseport; # connections spread over the 4 workers
         location = /get {
             content_by_lua_block {
                 ngx.update_time()
@@ -233,7 +233,8 @@ http {
         }
     }
 }
-]]):format(dir, dir, dir, SRC, SRC, CPATH, T.DEMO.client_id, T.DEMO.client_secret, port, T.CRM, T.CRM))
+]]):format(dir, dir, dir, SRC, SRC, CPATH, T.DEMO.client_id, T.DEMO.client_secret, extra or "", port, T.CRM,
+        T.CRM))
     local out, code = T.sh("env CXONE_BASE_URL=" .. T.shq(base.url) .. " nginx -p " .. T.shq(dir) .. " -c "
         .. T.shq(dir .. "/nginx.conf") .. " 2>&1")
     T.eq(code, 0, "nginx started: " .. out)
@@ -280,6 +281,32 @@ T.test("4 workers: a lock holder that died costs one request timeout (2 s), not 
         T.eq(L.route_count(sim1, "POST /oauth/token") - before, 1, "then one token request")
     end)
     ng:stop()
+    assert(ok, e)
+end)
+
+T.test("4 workers share one rate limit through the dict: no 429 from a server limiting to 5/s", function()
+    -- the server sends no rate-limit headers: each worker alone would pace itself to rate_limit
+    -- (4/s), 16/s together; shared, the 30 calls go out at 4/s
+    local limited = T.start({ args = { "--rate-limit", "5/s", "--rate-limit-headers", "none" } })
+    local ng = start_checks(limited, "rate_limit = 4, retries = 3")
+    local ok, e = pcall(function()
+        local urls = {}
+        for i = 1, 30 do urls[i] = ng.url .. "/get" end
+        local res = L.parallel(urls, work, 30)
+        local pids = {}
+        for i, r in ipairs(res) do
+            local j = T.json.decode(r.body)
+            T.eq(j and j.ok, true, "call " .. i .. " succeeded: " .. r.body)
+            pids[j.pid] = true
+        end
+        local n = 0
+        for _ in pairs(pids) do n = n + 1 end
+        T.ok(n >= 3, "the calls ran in " .. n .. " workers")
+        T.eq(L.route_count(limited, L.GET_ROUTE, 429), 0, "no request was refused with 429")
+        T.eq(L.route_count(limited, L.GET_ROUTE, 200), 30, "30 reads answered")
+    end)
+    ng:stop()
+    limited:stop()
     assert(ok, e)
 end)
 
