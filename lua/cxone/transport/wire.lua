@@ -22,7 +22,7 @@
 --   → true when this caller may fetch one (an expiring lock: a holder that died costs at most
 --   `ttl`; `held`: the caller holds it already, extend it); `unlock(key)`; `fail(key, code, message, ttl)`; `failure(key)` → code, message, ttl.
 --   The token is a secret: a store keeps it where only the host's processes can read it;
--- - optional `host.connections` (a number, reported by `stats`), `host:close()`.
+-- - optional `host.connections` and `host.paced_s` (numbers, added to `stats`), `host:close()`.
 -- Works under Lua 5.1 (LuaJIT), 5.3 and 5.4.
 -- @module cxone.transport.wire
 
@@ -286,11 +286,13 @@ function Transport:batch(reqs, opts)
     return results
 end
 
---- Counters: the engine's (`Engine:stats`), with the host's connections.
+--- Counters: the engine's (`Engine:stats`), with the host's connections and the time the host
+-- held requests back for a rate limit shared with other processes (in `paced_s` too).
 function Transport:stats()
     check(self)
     local s = self.engine:stats()
     s.connections = tonumber(self.host.connections) or 0
+    s.paced_s = s.paced_s + (tonumber(self.host.paced_s) or 0)
     return s
 end
 
