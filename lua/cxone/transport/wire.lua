@@ -148,7 +148,7 @@ function Transport:_run(op, args)
             host:sleep(x)
         else
             if what == "token" and shared then
-                self.host.tokens.lock(self.token_key, x.timeout + 1, true) -- extend our lock
+                self.host.tokens.lock(self.token_key, x.timeout, true) -- ours for this request's timeout
             elseif what == "send" and host.pace then
                 local rate = eng:rate()
                 if rate then host:pace(rate) end
