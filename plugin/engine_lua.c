@@ -6,6 +6,7 @@
  * C record; the cx_engine is freed (its secrets wiped) when the last of them goes, so a call
  * collected after its engine (or the other way round) never touches freed memory. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -148,6 +149,11 @@ static int l_engine(lua_State *L)
      * referenced by the options table or the scratch buffer until cx_engine_new copies them */
     if (cxone_read_config(L, 1, &cfg, &extra, scratch, why, sizeof why) != 0)
         return cxone_fail(L, "config", "%s", why);
+    char ua[96];
+    if (!cfg.user_agent) { /* as cxone.Client's, naming the path */
+        snprintf(ua, sizeof ua, "cxone-overrides/%s (embedded)", CXONE_VERSION);
+        cfg.user_agent = ua;
+    }
     uint64_t seed = 0;
     if (RAND_bytes((unsigned char *)&seed, sizeof seed) != 1) seed = (uint64_t)time(NULL) * 2654435761u;
     cfg.seed = seed;
