@@ -11,6 +11,7 @@ CXONE_EXPORT int luaopen_cxone_core(lua_State *L)
     cxone_client_open(L);
     cxone_statefile_open(L);
     cxone_signal_open(L);
+    cxone_engine_lua_open(L);
     lua_pushliteral(L, CXONE_VERSION);
     lua_setfield(L, -2, "_VERSION");
     return 1;

@@ -42,6 +42,7 @@ void cxone_audit_open(lua_State *L);
 void cxone_client_open(lua_State *L);
 void cxone_statefile_open(lua_State *L);
 void cxone_signal_open(lua_State *L);
+void cxone_engine_lua_open(lua_State *L);
 
 /* The one failure convention: pushes nil, message, code and returns 3.
  * The message is formatted with vsnprintf (no Lua error can escape), so it is safe to call

@@ -29,7 +29,8 @@ local function start_haproxy(o)
     -- the test-only write service
     local text = T.read(cfg)
     text = text:gsub("(lua%-load [^\n]+\n)", "%1    lua-load " .. SRC .. "/tests/embed/haproxy_writes.lua\n", 1)
-    text = text:gsub("(    default_backend)", "    http-request use-service lua.cxone_test_write if { path /test/write }\n%1", 1)
+    text = text:gsub("(    default_backend)", "    http-request use-service lua.cxone_test_write if { path /test/write }\n"
+        .. "    http-request use-service lua.cxone_test_config if { path /test/config }\n%1", 1)
     T.write(cfg, text)
     local base = o.base.url
     local env = {
@@ -112,6 +113,13 @@ T.test("guard: bad bodies get 422 and never reach the sim, good ones are forward
         T.ok(w.json.error:find("PATCH", 1, true), "the message says why")
         T.eq(L.route_count(sim1, L.PATCH_ROUTE), patches + 1, "only the guarded PATCH reached the sim (never a PUT)")
         T.eq(L.route_count(sim1, "PUT /api/v2/integration/actions/{actionId}/environments/{envId}/variables"), 0, "no PUT")
+        local c = hp:get("/test/config").json
+        for _, k in ipairs({ "no_secret", "plain_http" }) do
+            T.eq(c[k][1], true, k .. ": no client")
+            T.eq(c[k][2], "config", k .. ": code config (" .. tostring(c[k][3]) .. ")")
+        end
+        T.ok(c.no_secret[3]:find("client_secret", 1, true), "names the option: " .. c.no_secret[3])
+        T.eq(c.wrong_type, true, "a wrong Lua type raises")
     end)
     hp:stop()
     assert(ok, e)

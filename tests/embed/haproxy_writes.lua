@@ -14,3 +14,22 @@ core.register_service("cxone_test_write", "http", function(applet)
     applet:start_response()
     applet:send(body)
 end)
+
+-- The constructor's refusals, made at load time (as a site script would): config errors, never
+-- a raise that would stop HAProxy; a wrong Lua type still raises.
+local refusals = {}
+do
+    local base = os.getenv("CXONE_BASE_URL")
+    local c, err, code = cx.new{ base_url = base, client_id = "x" }
+    refusals.no_secret = { c == nil, code, err }
+    c, err, code = cx.new{ base_url = "http://example.com", client_id = "x", client_secret = "y" }
+    refusals.plain_http = { c == nil, code, err }
+    refusals.wrong_type = not pcall(cx.new, { base_url = base, client_id = "x", client_secret = "y", retries = "3" })
+end
+core.register_service("cxone_test_config", "http", function(applet)
+    local body = require("cxone.transport.views").encode(refusals)
+    applet:set_status(200)
+    applet:add_header("content-type", "application/json")
+    applet:start_response()
+    applet:send(body)
+end)

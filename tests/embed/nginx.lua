@@ -162,6 +162,177 @@ http {
     assert(ok, e)
 end)
 
+-- An nginx with 4 workers and small clients (timeout 2 s) for the host checks: /get (one read),
+-- /lock (takes the token lock as a worker that then dies would), /config (the constructor's
+-- refusals), /noresolver (a host name without a `resolver`).
+local function start_checks(base, extra)
+    local dir = work .. "/checks" .. L.free_port()
+    os.execute("mkdir -p " .. dir .. " && chmod 755 " .. dir)
+    local port = L.free_port()
+    T.write(dir .. "/nginx.conf", ([[
+worker_processes 4;
+pid %s/nginx.pid;
+error_log %s/error.log warn;
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
+env CXONE_BASE_URL;
+events {}
+http {
+    access_log off;
+    client_body_temp_path %s/body;
+    lua_package_path "%s/lua/?.lua;%s/lua/?/init.lua;;";
+    lua_package_cpath "%s;;";
+    lua_shared_dict cxone 1m;
+    init_worker_by_lua_block {
+        CLIENT = assert(require("resty.cxone").new{ base_url = os.getenv("CXONE_BASE_URL"),
+            client_id = "%s", client_secret = "%s", timeout = 2, deadline = 20, retries = 0,
+            audit_log = false, state_file = false, %s })
+    }
+    server {
+        listen 127.0.0.1:%d reuseport; # connections spread over the 4 workers
+        location = /get {
+            content_by_lua_block {
+                ngx.update_time()
+                local t0 = ngx.now()
+                local res, err, code = CLIENT.core:get("%s", "dev")
+                ngx.update_time()
+                ngx.say(require("cxone.core").json_encode({ ok = res ~= nil, code = code, error = err,
+                    s = ngx.now() - t0, pid = ngx.worker.pid() }))
+            }
+        }
+        location = /lock {
+            content_by_lua_block {
+                ngx.shared.cxone:delete("tok:" .. CLIENT.core.token_key)
+                ngx.say(tostring(ngx.shared.cxone:add("lock:" .. CLIENT.core.token_key, true, 2)))
+            }
+        }
+        location = /config {
+            content_by_lua_block {
+                local new = require("resty.cxone").new
+                local out = {}
+                local base = os.getenv("CXONE_BASE_URL")
+                local c, err, code = new{ base_url = base, client_id = "x" }
+                out.no_secret = { c == nil, code, err }
+                c, err, code = new{ base_url = base, client_id = "x", client_secret = "y", pool_size = 0 }
+                out.pool_size = { c == nil, code, err }
+                c, err, code = new{ base_url = "http://example.com", client_id = "x", client_secret = "y" }
+                out.plain_http = { c == nil, code, err }
+                out.wrong_type = not pcall(new, { base_url = base, client_id = "x", client_secret = "y", pool_size = "8" })
+                out.wrong_type_core = not pcall(new, { base_url = base, client_id = "x", client_secret = "y", timeout = "8" })
+                ngx.say(require("cxone.core").json_encode(out))
+            }
+        }
+        location = /noresolver {
+            content_by_lua_block {
+                local c = assert(require("resty.cxone").new{ base_url = "https://cxone-test.invalid",
+                    client_id = "x", client_secret = "y", audit_log = false, state_file = false })
+                local res, err, code = c.core:get("%s", "dev")
+                ngx.say(require("cxone.core").json_encode({ code = code, error = err,
+                    token_requests = c.core:stats().token_requests }))
+            }
+        }
+    }
+}
+]]):format(dir, dir, dir, SRC, SRC, CPATH, T.DEMO.client_id, T.DEMO.client_secret, extra or "", port, T.CRM,
+        T.CRM))
+    local out, code = T.sh("env CXONE_BASE_URL=" .. T.shq(base.url) .. " nginx -p " .. T.shq(dir) .. " -c "
+        .. T.shq(dir .. "/nginx.conf") .. " 2>&1")
+    T.eq(code, 0, "nginx started: " .. out)
+    return setmetatable({ prefix = dir, url = "http://127.0.0.1:" .. port }, N)
+end
+
+T.test("4 workers: waiters get the token fetcher's error at once, and nobody asks again", function()
+    local ng = start_checks(sim1)
+    local ok, e = pcall(function()
+        local before = L.route_count(sim1, "POST /oauth/token")
+        -- the token endpoint refuses after 1.5 s: every waiting worker gets that refusal
+        sim1:fault({ method = "POST", path = "/oauth/token", kind = "status", status = 401, delay_ms = 1500 })
+        local urls = {}
+        for i = 1, 40 do urls[i] = ng.url .. "/get" end
+        local res = L.parallel(urls, work, 40)
+        local pids = {}
+        for i, r in ipairs(res) do
+            local j = T.json.decode(r.body)
+            T.ok(j, "call " .. i .. " answered: " .. r.body)
+            T.eq(j.code, "auth", "call " .. i .. " got the fetcher's error: " .. tostring(j.error))
+            T.ok(j.s < 5, ("call %d answered in %.2f s (the refusal came after 1.5 s; a waiter used to wait 10 s)")
+                :format(i, j.s))
+            pids[j.pid] = true
+        end
+        local n = 0
+        for _ in pairs(pids) do n = n + 1 end
+        T.ok(n >= 2, "the calls ran in " .. n .. " workers")
+        T.eq(L.route_count(sim1, "POST /oauth/token") - before, 1, "one token request for 40 calls in 4 workers")
+        T.ok(not ng:log():find(T.DEMO.client_secret, 1, true), "no secret in the error log")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+T.test("4 workers: a lock holder that died costs one request timeout (2 s), not more", function()
+    local ng = start_checks(sim1)
+    local ok, e = pcall(function()
+        local before = L.route_count(sim1, "POST /oauth/token")
+        T.eq(ng:get("/lock").body, "true\n", "the lock is taken by a holder that never comes back")
+        local r = ng:get("/get")
+        local j = T.json.decode(r.body)
+        T.eq(j and j.ok, true, "the call succeeded: " .. r.body)
+        T.ok(j.s >= 1.5 and j.s < 4, ("it waited for the lock to expire: %.2f s"):format(j.s))
+        T.eq(L.route_count(sim1, "POST /oauth/token") - before, 1, "then one token request")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
+T.test("4 workers share one rate limit through the dict: no 429 from a server limiting to 5/s", function()
+    -- the server sends no rate-limit headers: each worker alone would pace itself to rate_limit
+    -- (4/s), 16/s together; shared, the 30 calls go out at 4/s
+    local limited = T.start({ args = { "--rate-limit", "5/s", "--rate-limit-headers", "none" } })
+    local ng = start_checks(limited, "rate_limit = 4, retries = 3")
+    local ok, e = pcall(function()
+        local urls = {}
+        for i = 1, 30 do urls[i] = ng.url .. "/get" end
+        local res = L.parallel(urls, work, 30)
+        local pids = {}
+        for i, r in ipairs(res) do
+            local j = T.json.decode(r.body)
+            T.eq(j and j.ok, true, "call " .. i .. " succeeded: " .. r.body)
+            pids[j.pid] = true
+        end
+        local n = 0
+        for _ in pairs(pids) do n = n + 1 end
+        T.ok(n >= 3, "the calls ran in " .. n .. " workers")
+        T.eq(L.route_count(limited, L.GET_ROUTE, 429), 0, "no request was refused with 429")
+        T.eq(L.route_count(limited, L.GET_ROUTE, 200), 30, "30 reads answered")
+    end)
+    ng:stop()
+    limited:stop()
+    assert(ok, e)
+end)
+
+T.test("constructors return config errors; a missing resolver is named at once", function()
+    local ng = start_checks(sim1)
+    local ok, e = pcall(function()
+        local c = T.json.decode(ng:get("/config").body)
+        for _, k in ipairs({ "no_secret", "pool_size", "plain_http" }) do
+            T.eq(c[k][1], true, k .. ": no client")
+            T.eq(c[k][2], "config", k .. ": code config (" .. tostring(c[k][3]) .. ")")
+        end
+        T.ok(c.no_secret[3]:find("client_secret", 1, true), "names the option: " .. c.no_secret[3])
+        T.ok(c.pool_size[3]:find("pool_size", 1, true), "names the option: " .. c.pool_size[3])
+        T.eq(c.wrong_type, true, "a wrong Lua type raises")
+        T.eq(c.wrong_type_core, true, "a wrong Lua type of an engine option raises")
+        local t0 = T.simlib.now()
+        local r = T.json.decode(ng:get("/noresolver").body)
+        T.eq(r.code, "config", "no resolver: a config error: " .. tostring(r.error))
+        T.ok(r.error:find("resolver", 1, true), "the message names the resolver directive: " .. r.error)
+        T.eq(r.token_requests, 1, "asked once, not retried")
+        T.ok(T.simlib.now() - t0 < 2, "at once")
+    end)
+    ng:stop()
+    assert(ok, e)
+end)
+
 local function sims()
     sim1 = T.start()
     sim2 = T.start({ args = { "--tls-cert", pki.cert, "--tls-key", pki.key } })

@@ -1,11 +1,13 @@
-/* libFuzzer harness: the interpretation of answers without a network (plugin/wire.c:
- * core.wire_response, core.wire_token_response, core.wire_retry_after, over the scanners of
- * plugin/http.c). Input: byte 0 picks the call (token answer, or get/patch/put/build), bytes
- * 1-2 the status (100..599), then header lines "name: value" up to an empty line, then the body.
- * Invariants: never raises; three values: a result (whose variables array or buildId string
- * is there, as the one reading checked), nil and meta, or nil, message, known code; no message holds a client
- * secret or a masked value of the payload (raw, or with its non-ASCII bytes replaced), nor ends
- * with an 8+ byte prefix of one that the body quoted; a token is printable ASCII. The scrubbing
+/* libFuzzer harness: the call engine's answer path without a network, through its Lua binding
+ * (core.engine → Engine:call → Call:next/answer/result, as the nginx and HAProxy drivers use it).
+ * Input: byte 0 picks the call (a token answer, or get/patch/put/build), bytes 1-2 the status
+ * (100..599), then header lines "name: value" up to an empty line, then the body; later
+ * requests of the same call (a retry, the 401 refresh) get a transport failure.
+ * Invariants: never raises; the call ends within a few steps, every wait is finite and >= 0;
+ * three values: a result (whose variables array or buildId string is there, as the one reading
+ * checked), nil and meta, or nil, message, known code; no message holds the client secret, the
+ * token or a masked value of the payload (raw, or with its non-ASCII bytes replaced), nor ends
+ * with an 8+ byte prefix of one that the body quoted; a token taken is printable ASCII. The scrubbing
  * primitives of plugin/util.c are checked on the body directly too: cxone_scrub_into leaves no
  * secret and no cut-off start of one, cxone_scrub_cut leaves no 8+ byte start of one at a cut. */
 #include <ctype.h>
@@ -128,7 +130,7 @@ static void check_scrub(const uint8_t *body, size_t bl, unsigned cut_seed)
 static int known_code(const char *c)
 {
     static const char *const codes[] = {"auth", "scope", "not_found", "conflict", "rate_limited",
-                                        "server", "invalid", "format", NULL};
+                                        "server", "invalid", "format", "network", "timeout", NULL};
     for (int i = 0; c && codes[i]; i++)
         if (strcmp(c, codes[i]) == 0) return 1;
     return 0;
@@ -178,42 +180,44 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t bl = (size_t)(end - p);
     check_scrub(body, bl, (unsigned)data[1] << 8 | data[2]);
 
-    if (strcmp(op, "token") == 0) {
-        fuzz_push_core(L, "wire_token_response");
-        lua_pushinteger(L, status);
-        lua_pushlstring(L, (const char *)body, bl);
-        FUZZ_CHECK(lua_pcall(L, 2, 3, 0) == LUA_OK, "wire_token_response raised: %s", lua_tostring(L, -1));
-        int r = lua_gettop(L) - 2;
-        if (lua_istable(L, r)) {
-            FUZZ_CHECK(status == 200, "a token from HTTP %d", status);
-            lua_getfield(L, r, "access_token");
-            size_t tl;
-            const char *t = lua_tolstring(L, -1, &tl);
-            FUZZ_CHECK(t && tl > 0, "no access_token");
-            for (size_t i = 0; i < tl; i++)
-                FUZZ_CHECK((unsigned char)t[i] > 0x20 && (unsigned char)t[i] < 0x7f, "token byte %zu is 0x%02x", i, (unsigned char)t[i]);
-            lua_getfield(L, r, "expires_in");
-            FUZZ_CHECK(lua_isnumber(L, -1) && lua_tonumber(L, -1) > 0, "expires_in not positive");
-        } else {
-            check_failure(L, r, "wire_token_response", body, bl);
-        }
-    } else {
-        fuzz_push_core(L, "wire_response");
-        lua_pushstring(L, op);
-        lua_pushinteger(L, status);
-        lua_pushvalue(L, headers);
-        lua_pushlstring(L, (const char *)body, bl);
-        /* opts: client_id, secrets = {client secret, token}, payload with a masked value */
-        lua_createtable(L, 0, 4);
-        lua_pushliteral(L, "fuzz-client");
-        lua_setfield(L, -2, "client_id");
-        lua_createtable(L, 2, 0);
-        lua_pushstring(L, SECRETS[0]);
-        lua_rawseti(L, -2, 1);
+    /* the engine: no retries by default (byte 2 gives one), the client secret a canary */
+    fuzz_push_core(L, "engine");
+    lua_createtable(L, 0, 8);
+    lua_pushliteral(L, "http://127.0.0.1:9");
+    lua_setfield(L, -2, "base_url");
+    lua_pushliteral(L, "fuzz-client");
+    lua_setfield(L, -2, "client_id");
+    lua_pushstring(L, SECRETS[0]);
+    lua_setfield(L, -2, "client_secret");
+    lua_pushinteger(L, data[2] & 1);
+    lua_setfield(L, -2, "retries");
+    FUZZ_CHECK(lua_pcall(L, 1, 1, 0) == LUA_OK && lua_isuserdata(L, -1), "core.engine failed");
+    int eng = lua_gettop(L);
+    int token_op = strcmp(op, "token") == 0;
+    if (!token_op) { /* a token another process obtained: the token canary */
+        lua_getfield(L, eng, "token_import");
+        lua_pushvalue(L, eng);
         lua_pushstring(L, SECRETS[1]);
-        lua_rawseti(L, -2, 2);
-        lua_setfield(L, -2, "secrets");
-        lua_createtable(L, 0, 1);
+        lua_pushinteger(L, 3600);
+        lua_pushinteger(L, 0);
+        FUZZ_CHECK(lua_pcall(L, 4, 1, 0) == LUA_OK && lua_toboolean(L, -1), "token_import failed");
+        lua_pop(L, 1);
+    }
+    /* the call: a payload with a masked value for writes */
+    lua_getfield(L, eng, "call");
+    lua_pushvalue(L, eng);
+    lua_pushstring(L, token_op ? "get" : op);
+    lua_createtable(L, 0, 3);
+    lua_pushliteral(L, "a1b2c3d4-e5f6-4890-abcd-ef1234567890");
+    lua_setfield(L, -2, "action");
+    lua_pushliteral(L, "dev");
+    lua_setfield(L, -2, "env");
+    if (strcmp(op, "patch") == 0 || strcmp(op, "put") == 0) {
+        lua_createtable(L, 0, 3);
+        lua_pushliteral(L, "a1b2c3d4-e5f6-4890-abcd-ef1234567890");
+        lua_setfield(L, -2, "actionId");
+        lua_pushliteral(L, "dev");
+        lua_setfield(L, -2, "environmentId");
         lua_createtable(L, 1, 0);
         lua_createtable(L, 0, 3);
         lua_pushliteral(L, "API_KEY");
@@ -225,38 +229,96 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lua_rawseti(L, -2, 1);
         lua_setfield(L, -2, "variables");
         lua_setfield(L, -2, "payload");
-        lua_pushinteger(L, 1);
-        lua_setfield(L, -2, "attempts");
-        int base = lua_gettop(L) - 6;
-        FUZZ_CHECK(lua_pcall(L, 5, LUA_MULTRET, 0) == LUA_OK, "wire_response raised: %s", lua_tostring(L, -1));
-        FUZZ_CHECK(lua_gettop(L) - base == 3, "wire_response returned %d values", lua_gettop(L) - base);
-        int r = base + 1;
-        if (lua_istable(L, r)) {
-            FUZZ_CHECK(status >= 200 && status < 300, "a result from HTTP %d", status);
-            FUZZ_CHECK(lua_isnil(L, r + 1) && lua_istable(L, r + 2), "not result, nil, meta");
+    }
+    lua_pushinteger(L, 0);
+    FUZZ_CHECK(lua_pcall(L, 4, 1, 0) == LUA_OK && lua_isuserdata(L, -1), "Engine:call raised: %s",
+               lua_tostring(L, -1));
+    int call = lua_gettop(L);
+    double now = 0;
+    int answered = 0, steps = 0, took_token = 0;
+    for (;; steps++) {
+        FUZZ_CHECK(steps < 20, "the call did not end within 20 steps");
+        lua_getfield(L, call, "next");
+        lua_pushvalue(L, call);
+        lua_pushnumber(L, now);
+        FUZZ_CHECK(lua_pcall(L, 2, 2, 0) == LUA_OK, "Call:next raised: %s", lua_tostring(L, -1));
+        const char *what = lua_tostring(L, -2);
+        FUZZ_CHECK(what, "Call:next gave no step");
+        if (strcmp(what, "done") == 0) { lua_pop(L, 2); break; }
+        if (strcmp(what, "wait") == 0) {
+            double w = lua_tonumber(L, -1);
+            FUZZ_CHECK(lua_isnumber(L, -1) && w >= 0 && isfinite(w), "a wait of %g s", w);
+            now += w;
+            lua_pop(L, 2);
+            continue;
+        }
+        if (token_op && answered && strcmp(what, "send") == 0 && !took_token) {
+            /* the token answer was taken: the engine holds a printable token */
+            took_token = 1;
+            FUZZ_CHECK(status == 200, "a token from HTTP %d", status);
+            lua_getfield(L, eng, "token");
+            lua_pushvalue(L, eng);
+            lua_pushnumber(L, now);
+            FUZZ_CHECK(lua_pcall(L, 2, 2, 0) == LUA_OK, "Engine:token raised");
+            size_t tl;
+            const char *t = lua_tolstring(L, -2, &tl);
+            FUZZ_CHECK(t && tl > 0, "no token after a token answer");
+            for (size_t i = 0; i < tl; i++)
+                FUZZ_CHECK((unsigned char)t[i] > 0x20 && (unsigned char)t[i] < 0x7f, "token byte %zu is 0x%02x", i,
+                           (unsigned char)t[i]);
+            lua_pop(L, 2);
+        }
+        lua_pop(L, 2);
+        if (!answered) { /* the first request gets the fuzzed answer */
+            answered = 1;
+            lua_getfield(L, call, "answer");
+            lua_pushvalue(L, call);
+            lua_pushnumber(L, now);
+            lua_pushinteger(L, status);
+            lua_pushvalue(L, headers);
+            lua_pushlstring(L, (const char *)body, bl);
+            FUZZ_CHECK(lua_pcall(L, 5, 0, 0) == LUA_OK, "Call:answer raised: %s", lua_tostring(L, -1));
+        } else { /* every later one gets a transport failure */
+            lua_getfield(L, call, "neterr");
+            lua_pushvalue(L, call);
+            lua_pushnumber(L, now);
+            lua_pushliteral(L, "reset");
+            lua_pushliteral(L, "connection reset by the fuzzer");
+            FUZZ_CHECK(lua_pcall(L, 4, 0, 0) == LUA_OK, "Call:neterr raised: %s", lua_tostring(L, -1));
+        }
+    }
+    lua_getfield(L, call, "result");
+    lua_pushvalue(L, call);
+    int base = lua_gettop(L) - 2;
+    FUZZ_CHECK(lua_pcall(L, 1, LUA_MULTRET, 0) == LUA_OK, "Call:result raised: %s", lua_tostring(L, -1));
+    FUZZ_CHECK(lua_gettop(L) - base == 3, "Call:result returned %d values", lua_gettop(L) - base);
+    int r = base + 1;
+    if (!lua_isnil(L, r)) {
+        FUZZ_CHECK(lua_isnil(L, r + 1) && lua_istable(L, r + 2), "not result, nil, meta");
+        lua_getfield(L, r + 2, "status");
+        lua_Integer st = lua_tointeger(L, -1);
+        lua_pop(L, 1);
+        FUZZ_CHECK(st >= 200 && st < 300, "a result from HTTP %d", (int)st);
+        FUZZ_CHECK(!token_op || took_token, "a token call succeeded without a token");
+        if (!token_op || st == status) {
             /* the shape was checked by the same reading that built the table */
             int build = strcmp(op, "build") == 0;
+            FUZZ_CHECK(lua_istable(L, r), "a result that is a %s", luaL_typename(L, r));
             lua_getfield(L, r, build ? "buildId" : "variables");
             FUZZ_CHECK(build ? lua_type(L, -1) == LUA_TSTRING : lua_istable(L, -1),
                        "a result whose %s is a %s", build ? "buildId" : "variables", luaL_typename(L, -1));
             lua_pop(L, 1);
-        } else {
-            check_failure(L, r, "wire_response", body, bl);
         }
+    } else {
+        check_failure(L, r, "Call:result", body, bl);
     }
-
-    /* Retry-After, as a transport would read it */
-    lua_getfield(L, headers, "retry-after");
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        int v = lua_gettop(L);
-        fuzz_push_core(L, "wire_retry_after");
-        lua_pushvalue(L, v);
-        FUZZ_CHECK(lua_pcall(L, 1, 1, 0) == LUA_OK, "wire_retry_after raised: %s", lua_tostring(L, -1));
-        if (!lua_isnil(L, -1)) {
-            double s = lua_tonumber(L, -1);
-            FUZZ_CHECK(lua_isnumber(L, -1) && s >= 0 && isfinite(s), "Retry-After gave %g", s);
-        }
-    }
+    /* the call's metadata and its tostring never hold a secret either */
+    lua_getfield(L, call, "close");
+    lua_pushvalue(L, call);
+    FUZZ_CHECK(lua_pcall(L, 1, 0, 0) == LUA_OK, "Call:close raised");
+    lua_getfield(L, eng, "close");
+    lua_pushvalue(L, eng);
+    FUZZ_CHECK(lua_pcall(L, 1, 0, 0) == LUA_OK, "Engine:close raised");
     fuzz_done(L);
     return 0;
 }
