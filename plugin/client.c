@@ -9,6 +9,7 @@
 #include "config.h"
 #include "curl_driver.h"
 #include "cxone.h"
+#include "rand.h"
 
 #define CLIENT_MT "cxone.Client"
 #define CALLS_MT "cxone.Calls"

@@ -32,9 +32,5 @@ double cx_curl_connections(const cx_curl *d);
 /* The clocks the driver gives the engine: monotonic seconds, and unix time. */
 double cx_curl_now(void);
 double cx_curl_wall(void);
-/* A random UUID version 4 (37 bytes with NUL) and a 64-bit seed from OpenSSL's CSPRNG;
- * 0, or -1 if the generator failed. */
-int cx_uuid4(char out[37]);
-int cx_seed(uint64_t *out);
 
 #endif

@@ -11,7 +11,7 @@
 #include <string.h>
 #include <time.h>
 
-#include <openssl/rand.h>
+#include "rand.h"
 
 #include "answer.h"
 #include "config.h"
@@ -104,23 +104,6 @@ static double check_now(lua_State *L, int idx)
 }
 
 /* A version-4 UUID from OpenSSL's CSPRNG; 0, or -1 when it failed. */
-static int uuid4(char out[37])
-{
-    unsigned char b[16];
-    if (RAND_bytes(b, sizeof b) != 1) return -1;
-    b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
-    b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
-    static const char hex[] = "0123456789abcdef";
-    size_t o = 0;
-    for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
-        out[o++] = hex[b[i] >> 4];
-        out[o++] = hex[b[i] & 15];
-    }
-    out[o] = '\0';
-    return 0;
-}
-
 /* ---- core.engine ---- */
 
 /***
@@ -154,9 +137,7 @@ static int l_engine(lua_State *L)
         snprintf(ua, sizeof ua, "cxone-overrides/%s (embedded)", CXONE_VERSION);
         cfg.user_agent = ua;
     }
-    uint64_t seed = 0;
-    if (RAND_bytes((unsigned char *)&seed, sizeof seed) != 1) seed = (uint64_t)time(NULL) * 2654435761u;
-    cfg.seed = seed;
+    if (cx_seed(&cfg.seed) != 0) cfg.seed = (uint64_t)time(NULL) * 2654435761u;
     engine_ud *u = lua_newuserdatauv(L, sizeof *u, 0);
     u->eng = NULL;
     luaL_setmetatable(L, ENGINE_MT);
@@ -267,7 +248,7 @@ static int m_call(lua_State *L)
     }
     cxone_spec_secrets(L, pt == LUA_TTABLE ? 4 : 0, &spec); /* slot 6 */
     if (op == CX_BUILD && !spec.idempotency_key) {
-        if (uuid4(idem) != 0) early = "the random generator failed";
+        if (cx_uuid4(idem) != 0) early = "the random generator failed";
         else spec.idempotency_key = idem;
     }
     if (op == CX_GET && !is_token && (!spec.action || !spec.env))
@@ -833,20 +814,6 @@ static int m_tostring(lua_State *L)
     return 1;
 }
 
-/***
- * A random UUID (version 4) from OpenSSL's CSPRNG: run ids and idempotency keys.
- * @function uuid
- * @treturn[1] string
- * @treturn[2] fail with code "memory" if the CSPRNG failed
- */
-static int l_uuid(lua_State *L)
-{
-    char u[37];
-    if (uuid4(u) != 0) return cxone_fail(L, "memory", "the random generator failed");
-    lua_pushstring(L, u);
-    return 1;
-}
-
 void cxone_engine_lua_open(lua_State *L)
 {
     static const luaL_Reg emeth[] = {
@@ -891,10 +858,6 @@ void cxone_engine_lua_open(lua_State *L)
     cxone_class(L, CALL_MT, cmeta, cmeth);
     lua_pushcfunction(L, l_engine);
     lua_setfield(L, -2, "engine");
-    lua_pushcfunction(L, l_uuid);
-    lua_setfield(L, -2, "uuid");
-    lua_pushcfunction(L, l_uuid);
-    lua_setfield(L, -2, "wire_uuid"); /* the older name (cxone.client, run ids) */
     lua_pushinteger(L, (lua_Integer)CX_MAX_ANSWER);
     lua_setfield(L, -2, "MAX_ANSWER");
 }
