@@ -581,7 +581,17 @@ static int store_token(cx_engine *e, const char *tok, size_t n, double expires_i
 int cx_engine_token_import(cx_engine *e, const char *tok, size_t n, double ttl, double now)
 {
     if (!cx_token_chars_ok(tok, n) || !(ttl > 0)) return -1;
-    return store_token(e, tok, n, ttl, ttl, NULL, now);
+    if (store_token(e, tok, n, ttl, ttl, NULL, now) != 0) return -1;
+    /* a call whose token request was asked for but may not have gone out (its driver took
+     * another worker's token instead) goes on with this one; an answer to that request, if it
+     * comes, is ignored */
+    cx_call *f = e->tok_fetcher;
+    if (f && f->state == S_TOKEN) {
+        f->state = S_READY;
+        f->holds_token_fetch = 0;
+    }
+    e->tok_fetcher = NULL;
+    return 0;
 }
 
 void cx_engine_token_failed(cx_engine *e, const char *code, const char *msg, double until)

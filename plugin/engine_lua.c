@@ -40,7 +40,7 @@
  *     local res, err, code = call:result()
  *
  * `now` is any monotonic clock in seconds (the same one for every entry point of an engine).
- * @module cxone.core
+ * @section engine
  */
 
 typedef struct {

@@ -246,6 +246,24 @@ static void test_token_waiters_get_the_leaders_error(void)
     cx_engine_free(e);
 }
 
+static void test_token_imported_while_asked(void)
+{
+    cx_config cfg = config();
+    cx_engine *e = cx_engine_new(&cfg);
+    double t = 0;
+    cx_call *c = get_call(e, t);
+    cx_request rq;
+    CHECK(cx_call_next(e, c, t, &rq) == CX_SEND && rq.kind == CX_KIND_TOKEN);
+    /* the driver takes another worker's token instead of sending the request */
+    CHECK(cx_engine_token_import(e, TOKEN, strlen(TOKEN), 600, t) == 0);
+    CHECK(cx_call_next(e, c, t, &rq) == CX_SEND && rq.kind == CX_KIND_API);
+    answer(e, c, t, &VARS_OK);
+    CHECK(cx_call_next(e, c, t, &rq) == CX_DONE && cx_call_ok(c));
+    CHECK(cx_engine_stats(e)->token_requests == 1); /* asked once, answered by the import */
+    cx_call_free(e, c);
+    cx_engine_free(e);
+}
+
 static void test_pacing_and_rate_learning(void)
 {
     cx_config cfg = config();
@@ -334,6 +352,7 @@ int main(void)
     test_hang_costs_at_most_the_deadline();
     test_token_failure_remembered();
     test_token_waiters_get_the_leaders_error();
+    test_token_imported_while_asked();
     test_pacing_and_rate_learning();
     test_masked_values_and_secrets_never_in_messages();
     test_bad_input_fails_early();
