@@ -202,11 +202,12 @@ function M.wait_for(pred, what, limit)
     error("timed out waiting for " .. what)
 end
 
---- Starts `cxone ARGS` with env in the background, stdin from /dev/null. The handle has the
--- process id (pid), kill(sig), err() (stderr so far), done() (the exit status once it exited,
--- else nil) and wait() (the exit code, stdout and stderr, once it exited).
-function M.spawn(args, env)
-    local d = M.tmpdir()
+--- Starts `cxone ARGS` with env in the background, stdin from /dev/null, its files (pid, out,
+-- err, rc) in d (default: a fresh temporary directory). The handle has the process id (pid),
+-- kill(sig), err() (stderr so far), done() (the exit status once it exited, else nil) and wait()
+-- (the exit code, stdout and stderr, once it exited).
+function M.spawn(args, env, d)
+    d = d or M.tmpdir()
     local function f(name) return shquote(d .. "/" .. name) end
     local inner = "echo $$ >" .. f("pid.tmp") .. "; mv " .. f("pid.tmp") .. " " .. f("pid")
         .. "; exec " .. M.cxone_cmd(args)
@@ -225,13 +226,12 @@ function M.spawn(args, env)
     return h
 end
 
---- A playbook's text: `return { STEP, ... }`, or with opts.concurrency
+--- A playbook's text: `return { STEP, ... }`, or with a concurrency
 -- `return { concurrency = N, steps = { STEP, ... } }`; steps are Lua source strings.
-function M.book(steps, opts)
-    local c = opts and opts.concurrency
-    local out = { c and ("return { concurrency = " .. c .. ", steps = {") or "return {" }
+function M.book(steps, concurrency)
+    local out = { concurrency and ("return { concurrency = " .. concurrency .. ", steps = {") or "return {" }
     for _, s in ipairs(steps) do out[#out + 1] = "  " .. s .. "," end
-    out[#out + 1] = c and "} }" or "}"
+    out[#out + 1] = concurrency and "} }" or "}"
     return table.concat(out, "\n") .. "\n"
 end
 
