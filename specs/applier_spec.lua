@@ -7,22 +7,12 @@ local cxone = require("cxone")
 local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2 = D.actions[1], D.actions[2]
-local q = simlib.shquote
 
 describe("cxone.applier", function()
     local sim, dir
-    setup(function()
-        sim = simlib.start()
-        dir = simlib.tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
+    simlib.suite({ clean = "files" }, function(s) sim, dir = s.sim, s.dir end)
     before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
         assert.equals(200, (sim:post_json("/_sim/config", { etag = false })))
-        os.execute("rm -rf " .. q(dir) .. "/*")
     end)
 
     local function client(opts)
