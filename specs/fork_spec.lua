@@ -7,11 +7,6 @@ local D = simlib.DEMO
 local sh = simlib.shquote
 local A = D.actions[1]
 
-local function run(cmd)
-    local ok = os.execute(cmd .. " >/dev/null 2>&1")
-    assert(ok == true or ok == 0, "failed: " .. cmd)
-end
-
 -- TCP connections the sim has accepted, not counting those that asked it (each question is a
 -- connection of its own, over https with the test CA), and the sim's other statistics.
 local asked = {}
@@ -103,17 +98,9 @@ describe("fork safety", function()
     local dir, plain, tls, h2pid, h2url
     setup(function()
         dir = simlib.tmpdir()
-        local function f(name) return sh(dir .. "/" .. name) end
-        local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        run("openssl req -x509 " .. ec .. " -keyout " .. f("ca.key") .. " -out " .. f("ca.pem")
-            .. " -days 2 -subj '/CN=cxone-overrides fork test CA'"
-            .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
-        run("openssl req " .. ec .. " -keyout " .. f("srv.key") .. " -out " .. f("srv.csr") .. " -subj '/CN=127.0.0.1'")
-        simlib.write_file(dir .. "/ext.cnf", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        run("openssl x509 -req -in " .. f("srv.csr") .. " -CA " .. f("ca.pem") .. " -CAkey " .. f("ca.key")
-            .. " -CAcreateserial -out " .. f("srv.pem") .. " -days 2 -extfile " .. f("ext.cnf"))
+        simlib.test_ca(dir, { "127.0.0.1" }, "cxone-overrides fork test CA")
         plain = simlib.start()
-        tls = simlib.start{ args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
+        tls = simlib.start(simlib.tls_args(dir))
         h2pid, h2url = start_h2(dir, plain)
     end)
     teardown(function()
