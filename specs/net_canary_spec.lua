@@ -96,9 +96,7 @@ describe("canary: no secret, token or masked value leaks", function()
     local canary = {}
 
     setup(function()
-        local p = io.popen("mktemp -d")
-        dir = p:read("*l")
-        p:close()
+        dir = simlib.tmpdir()
         sim = simlib.start()
         local tag = rand_hex(6)
         canary.client_id = "canary-client-" .. tag
