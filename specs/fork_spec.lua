@@ -96,19 +96,12 @@ end
 
 describe("fork safety", function()
     local dir, plain, tls, h2pid, h2url
-    setup(function()
-        dir = simlib.tmpdir()
-        simlib.test_ca(dir, { "127.0.0.1" }, "cxone-overrides fork test CA")
-        plain = simlib.start()
-        tls = simlib.start(simlib.tls_args(dir))
-        h2pid, h2url = start_h2(dir, plain)
-    end)
     teardown(function()
         if h2pid then os.execute("kill " .. h2pid .. " 2>/dev/null") end
-        if plain then plain:stop() end
-        if tls then tls:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
     end)
+    simlib.tls_suite({ "127.0.0.1" }, "cxone-overrides fork test CA", true,
+        function(s) dir, plain, tls = s.dir, s.plain, s.tls end)
+    setup(function() h2pid, h2url = start_h2(dir, plain) end)
 
     local function new_client(sim, extra)
         local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,

@@ -11,11 +11,12 @@ local function read(path) return simlib.read_file(path) or "" end
 
 describe("proxies", function()
     local dir, plain, tls, proxy_pid, proxy_port, proxy_log, tls_port
+    teardown(function()
+        if proxy_pid then os.execute("kill " .. proxy_pid .. " 2>/dev/null") end
+    end)
+    simlib.tls_suite({ "cxone.test", "127.0.0.1" }, "cxone-overrides proxy test CA", true,
+        function(s) dir, plain, tls = s.dir, s.plain, s.tls end)
     setup(function()
-        dir = simlib.tmpdir()
-        simlib.test_ca(dir, { "cxone.test", "127.0.0.1" }, "cxone-overrides proxy test CA")
-        plain = simlib.start()
-        tls = simlib.start(simlib.tls_args(dir))
         tls_port = tonumber(tls.url:match(":(%d+)$"))
         proxy_log = dir .. "/proxy.log"
         local script = os.getenv("CXONE_SRC") and (os.getenv("CXONE_SRC") .. "/specs/support/recording_proxy.py")
@@ -25,12 +26,6 @@ describe("proxies", function()
         proxy_pid = p:read("*l")
         proxy_port = tonumber(p:read("*l"))
         assert(proxy_port, "the recording proxy did not start")
-    end)
-    teardown(function()
-        if proxy_pid then os.execute("kill " .. proxy_pid .. " 2>/dev/null") end
-        if plain then plain:stop() end
-        if tls then tls:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
     end)
 
     -- Runs a client in a child with env (a map) and returns what it printed: "ok" or the code.

@@ -2,19 +2,10 @@
 local core = require "cxone.core"
 local simlib = require "support.sim"
 local D = simlib.DEMO
-local sh = simlib.shquote
 
 describe("cxone.Client TLS", function()
     local dir, sim
-    setup(function()
-        dir = simlib.tmpdir()
-        simlib.test_ca(dir, { "127.0.0.1" })
-        sim = simlib.start(simlib.tls_args(dir))
-    end)
-    teardown(function()
-        if sim then sim:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
-    end)
+    simlib.tls_suite({ "127.0.0.1" }, nil, false, function(s) dir, sim = s.dir, s.tls end)
 
     it("the sim serves https", function()
         assert.matches("^https://127%.0%.0%.1:%d+$", sim.url)

@@ -299,6 +299,39 @@ function M.tls_args(dir)
     return { args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
 end
 
+--- For the enclosing describe block: a temporary directory holding a test CA and a server
+-- certificate (M.test_ca with names and ca_name), a sim serving https with it (s.tls) and, with
+-- plain, one serving http (s.plain); all gone after the block. bind(s) as for M.suite.
+function M.tls_suite(names, ca_name, plain, bind)
+    local busted = require("busted")
+    local s = {}
+    busted.setup(function()
+        s.dir = M.tmpdir()
+        M.test_ca(s.dir, names, ca_name)
+        if plain then s.plain = M.start() end
+        s.tls = M.start(M.tls_args(s.dir))
+        bind(s)
+    end)
+    busted.teardown(function()
+        if s.plain then s.plain:stop() end
+        if s.tls then s.tls:stop() end
+        if s.dir then os.execute("rm -rf " .. shquote(s.dir)) end
+    end)
+    return s
+end
+
+--- For the enclosing describe block: a fresh temporary directory for each test, removed after
+-- it; bind(dir) is called with each one.
+function M.tmpdir_each(bind)
+    local busted = require("busted")
+    local dir
+    busted.before_each(function()
+        dir = M.tmpdir()
+        bind(dir)
+    end)
+    busted.after_each(function() os.execute("rm -rf " .. shquote(dir)) end)
+end
+
 --- The set-up most specs share, for the enclosing describe block (call it inside one): a sim
 -- started once (opts.start: options for M.start) and a temporary directory, both gone after the
 -- block. opts.files (name -> text) are written into the directory at set-up. Before each test the
