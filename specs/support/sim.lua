@@ -333,17 +333,20 @@ function M.tmpdir_each(bind)
 end
 
 --- The set-up most specs share, for the enclosing describe block (call it inside one): a sim
--- started once (opts.start: options for M.start) and a temporary directory, both gone after the
--- block. opts.files (name -> text) are written into the directory at set-up. Before each test the
--- sim is reset and the directory cleared as opts.clean says: "files" removes what `dir/*` names,
--- "all" dot files too, a list removes those names, nil nothing. opts.env: "each" builds the CLI's
--- environment (M.sim_env) before each test, "once" at set-up, nil never. bind(s) is called each
--- time s.sim, s.dir or s.env change, so that a spec can keep them in its own locals. Returns s;
--- s.restart() stops the sim and starts a fresh one (for a test that leaves the sim unusable).
+-- started once (opts.start: options for M.start) and a temporary directory (none with
+-- opts.dir = false), both gone after the block. opts.files (name -> text) are written into the
+-- directory at set-up. Before each test the sim is reset as opts.reset says ("state", the
+-- default: POST /_sim/reset, which must answer 200; "faults": DELETE /_sim/faults; false:
+-- nothing) and the directory cleared as opts.clean says ("files" removes what `dir/*` names,
+-- "all" dot files too, a list removes those names, nil nothing). opts.env: "each" builds the
+-- CLI's environment (M.sim_env) before each test, "once" at set-up, nil never. bind(s) is called
+-- each time s.sim, s.dir or s.env change, so that a spec can keep them in its own locals.
+-- Returns s; s.restart() stops the sim and starts a fresh one (for a test that leaves it unusable).
 function M.suite(opts, bind)
     opts = opts or {}
     bind = bind or function() end
     local busted, luassert = require("busted"), require("luassert")
+    local reset = opts.reset == nil and "state" or opts.reset
     local s = {}
     function s.restart()
         s.sim:stop()
@@ -353,7 +356,7 @@ function M.suite(opts, bind)
     end
     busted.setup(function()
         s.sim = M.start(opts.start)
-        s.dir = M.tmpdir()
+        if opts.dir ~= false then s.dir = M.tmpdir() end
         for name, text in pairs(opts.files or {}) do M.write_file(s.dir .. "/" .. name, text) end
         if opts.env == "once" then s.env = M.sim_env(s.sim, s.dir) end
         bind(s)
@@ -362,8 +365,13 @@ function M.suite(opts, bind)
         if s.sim then s.sim:stop() end
         if s.dir then os.execute("rm -rf " .. shquote(s.dir)) end
     end)
+    if not (reset or opts.clean or opts.env == "each") then return s end
     busted.before_each(function()
-        luassert.equals(200, (s.sim:post_json("/_sim/reset", {})))
+        if reset == "state" then
+            luassert.equals(200, (s.sim:post_json("/_sim/reset", {})))
+        elseif reset == "faults" then
+            s.sim:curl("DELETE", "/_sim/faults")
+        end
         if opts.clean == "files" then
             os.execute("rm -rf " .. shquote(s.dir) .. "/*")
         elseif opts.clean == "all" then
