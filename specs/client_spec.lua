@@ -17,8 +17,7 @@ end
 
 describe("cxone.Client", function()
     local sim
-    setup(function() sim = simlib.start() end)
-    teardown(function() sim:stop() end)
+    simlib.suite({ dir = false, reset = false }, function(s) sim = s.sim end)
 
     describe("construction", function()
         it("raises argument errors for wrong types, naming the option", function()

@@ -17,9 +17,7 @@ describe("cxone.Client:batch", function()
         return assert(core.client(opts))
     end
 
-    setup(function() sim = simlib.start() end)
-    teardown(function() sim:stop() end)
-    before_each(function() sim:curl("DELETE", "/_sim/faults") end)
+    simlib.suite({ dir = false, reset = "faults" }, function(s) sim = s.sim end)
 
     it("returns results in request order, with one token and at most `concurrency` connections", function()
         local c = client()

@@ -23,9 +23,7 @@ describe("cxone.Client faults", function()
                  variables = { { name = "FAULT_TEST", value = value, masked = false } } }
     end
 
-    setup(function() sim = simlib.start() end)
-    teardown(function() sim:stop() end)
-    before_each(function() sim:curl("DELETE", "/_sim/faults") end)
+    simlib.suite({ dir = false, reset = "faults" }, function(s) sim = s.sim end)
 
     it("three 429s with Retry-After: 1 succeed on the 4th attempt after waiting", function()
         local c = client()
