@@ -16,10 +16,8 @@ describe("cxone.applier", function()
     end)
 
     local function client(opts)
-        local o = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                    audit_log = dir .. "/audit.jsonl", state_file = dir .. "/ledger.json" }
-        for k, v in pairs(opts or {}) do o[k] = v end
-        return assert(cxone.client(o))
+        return assert(cxone.client(simlib.client_opts(sim,
+            { audit_log = dir .. "/audit.jsonl", state_file = dir .. "/ledger.json" }, opts)))
     end
     local function steps(flag)
         return { { action = A1, tier = "production", variables = { [flag] = "1" } },

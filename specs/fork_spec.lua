@@ -104,11 +104,9 @@ describe("fork safety", function()
     setup(function() h2pid, h2url = start_h2(dir, plain) end)
 
     local function new_client(sim, extra)
-        local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                       retries = 0 } -- a broken connection must show, not be papered over by a retry
+        local opts = { retries = 0 } -- a broken connection must show, not be papered over by a retry
         if sim.url:match("^https:") then opts.ca_file = dir .. "/ca.pem" end
-        for k, v in pairs(extra or {}) do opts[k] = v end
-        return assert(core.client(opts))
+        return assert(core.client(simlib.client_opts(sim, opts, extra)))
     end
 
     for _, scheme in ipairs({ "http", "https", "h2" }) do

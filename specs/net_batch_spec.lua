@@ -11,10 +11,7 @@ local now = simlib.now
 describe("cxone.Client:batch", function()
     local sim
     local function client(extra)
-        local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                       backoff_base = 0.01, backoff_cap = 0.05 }
-        for k, v in pairs(extra or {}) do opts[k] = v end
-        return assert(core.client(opts))
+        return assert(core.client(simlib.client_opts(sim, { backoff_base = 0.01, backoff_cap = 0.05 }, extra)))
     end
 
     simlib.suite({ dir = false, reset = "faults" }, function(s) sim = s.sim end)

@@ -11,9 +11,7 @@ local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 local read_file, env_vars = simlib.read_file, simlib.env_vars
 
 local function new_client(sim, extra)
-    local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret }
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    return assert(cxone.client(opts))
+    return assert(cxone.client(simlib.client_opts(sim, extra)))
 end
 
 describe("cxone.client", function()

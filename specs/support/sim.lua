@@ -385,6 +385,16 @@ function M.suite(opts, bind)
     return s
 end
 
+--- The options of a client of sim as the demo client: base_url, client_id and client_secret, then
+-- each table given (nil ones skipped) laid over them in turn.
+function M.client_opts(sim, ...)
+    local opts = { base_url = sim.url, client_id = M.DEMO.client_id, client_secret = M.DEMO.client_secret }
+    for i = 1, select("#", ...) do
+        for k, v in pairs((select(i, ...)) or {}) do opts[k] = v end
+    end
+    return opts
+end
+
 --- The number of API requests the sim answered for one route ("PATCH", "GET", "POST build").
 function Sim:count(which)
     local routes = {
