@@ -179,7 +179,8 @@ function M.sim_env(sim, dir)
 end
 
 --- Runs `cxone ARGS` on a pseudo-terminal (specs/support/pty_run.py) with env; opts.expect and
--- opts.send answer a prompt (opts.hook: run before the answer). Returns the exit code and what the terminal showed.
+-- opts.send answer a prompt (opts.hook: a command run before the answer). Returns the exit code
+-- and what the terminal showed.
 function M.cxone_pty(args, env, opts)
     opts = opts or {}
     local cmd = with_env(env) .. " python3 " .. shquote(M.ROOT .. "/specs/support/pty_run.py")
