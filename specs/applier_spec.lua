@@ -7,29 +7,17 @@ local cxone = require("cxone")
 local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2 = D.actions[1], D.actions[2]
-local q = simlib.shquote
 
 describe("cxone.applier", function()
     local sim, dir
-    setup(function()
-        sim = simlib.start()
-        dir = simlib.tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
+    simlib.suite({ clean = "files" }, function(s) sim, dir = s.sim, s.dir end)
     before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
         assert.equals(200, (sim:post_json("/_sim/config", { etag = false })))
-        os.execute("rm -rf " .. q(dir) .. "/*")
     end)
 
     local function client(opts)
-        local o = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                    audit_log = dir .. "/audit.jsonl", state_file = dir .. "/ledger.json" }
-        for k, v in pairs(opts or {}) do o[k] = v end
-        return assert(cxone.client(o))
+        return assert(cxone.client(simlib.client_opts(sim,
+            { audit_log = dir .. "/audit.jsonl", state_file = dir .. "/ledger.json" }, opts)))
     end
     local function steps(flag)
         return { { action = A1, tier = "production", variables = { [flag] = "1" } },

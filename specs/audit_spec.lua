@@ -7,7 +7,7 @@ local audit = require("cxone.audit")
 local simlib = require("support.sim")
 
 local LUA = os.getenv("CXONE_LUA") or "lua5.4"
-local tmpdir, cxone, read_file = simlib.tmpdir, simlib.cxone, simlib.read_file
+local cxone, read_file = simlib.cxone, simlib.read_file
 local GENESIS = ("0"):rep(64)
 local KEY = "CANARY-audit-key-7f3a9c1e"
 
@@ -63,8 +63,7 @@ end
 
 describe("audit", function()
     local dir
-    before_each(function() dir = tmpdir() end)
-    after_each(function() shell("rm -rf '" .. dir .. "'") end)
+    simlib.tmpdir_each(function(d) dir = d end)
 
     it("writes one JSON record per line with names only, chained by hash from genesis", function()
         local path = dir .. "/t.jsonl"

@@ -16,19 +16,9 @@ local VARS = "/api/v2/integration/actions/" .. A1 .. "/environments/staging/vari
 
 describe("cxone CLI grammar", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = simlib.tmpdir()
-        env = sim_env(sim, dir)
-        write_file(dir .. "/book.lua", ([[return { { action = %q, tier = "staging", variables = { TIMEOUT_MS = "3100" } } }]]):format(A1))
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-    end)
+    simlib.suite({ env = "once", files = {
+        ["book.lua"] = ([[return { { action = %q, tier = "staging", variables = { TIMEOUT_MS = "3100" } } }]]):format(A1),
+    } }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
 
     it("every usage error exits 64 (never 2), naming the argument", function()
         local cases = {
@@ -233,10 +223,7 @@ describe("cxone CLI over TLS", function()
     local sim, dir
     setup(function()
         dir = simlib.tmpdir()
-        local function run(cmd)
-            local ok = os.execute(cmd .. " >/dev/null 2>&1")
-            assert(ok == true or ok == 0, "failed: " .. cmd)
-        end
+        local run = simlib.run
         local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2"
         -- the server's self-signed certificate, and another CA that did not sign it
         run("openssl req -x509 " .. ec .. " -keyout " .. q(dir .. "/srv.key") .. " -out " .. q(dir .. "/srv.pem")

@@ -9,7 +9,7 @@ local A1 = D.actions[1]
 local q = simlib.shquote
 
 local capture, ROOT = simlib.capture, simlib.ROOT
-local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
+local read_file, write_file = simlib.read_file, simlib.write_file
 local cxone, sim_env = simlib.cxone, simlib.sim_env
 
 local PLAIN_BOOK = ([[
@@ -21,20 +21,8 @@ return {
 
 describe("cxone CLI", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-        env = sim_env(sim, dir)
-        write_file(dir .. "/plain.lua", PLAIN_BOOK)
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.remove(dir .. "/audit.jsonl")
-    end)
+    simlib.suite({ env = "once", files = { ["plain.lua"] = PLAIN_BOOK }, clean = { "audit.jsonl" } },
+        function(s) sim, dir, env = s.sim, s.dir, s.env end)
 
     it("--max-rps paces the client (and is checked: exit 64 when not a positive number)", function()
         local code, _, err = cxone({ "plan", "--max-rps", "0", dir .. "/plain.lua" }, env)

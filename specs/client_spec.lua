@@ -6,9 +6,7 @@ local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 
 local function new_client(sim, extra)
-    local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret }
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    return assert(core.client(opts))
+    return assert(core.client(simlib.client_opts(sim, extra)))
 end
 
 local function find_var(list, name)
@@ -17,8 +15,7 @@ end
 
 describe("cxone.Client", function()
     local sim
-    setup(function() sim = simlib.start() end)
-    teardown(function() sim:stop() end)
+    simlib.suite({ dir = false, reset = false }, function(s) sim = s.sim end)
 
     describe("construction", function()
         it("raises argument errors for wrong types, naming the option", function()

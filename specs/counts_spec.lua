@@ -64,16 +64,8 @@ os.exit(code)
 
 describe("counts", function()
     local sim, dir, wrapper
-
-    setup(function()
-        sim = simlib.start()
-        dir = simlib.tmpdir()
-        wrapper = dir .. "/wrapper.lua"
-        simlib.write_file(wrapper, WRAPPER)
-    end)
-    teardown(function()
-        if sim then sim:stop() end
-        if dir then os.execute("rm -rf " .. shq(dir)) end
+    simlib.suite({ reset = false, files = { ["wrapper.lua"] = WRAPPER } }, function(s)
+        sim, dir, wrapper = s.sim, s.dir, s.dir .. "/wrapper.lua"
     end)
 
     -- Runs `cxone ARGS` over the promote-many playbook; returns exit code, the sim's counts for

@@ -46,22 +46,9 @@ return {
 
 describe("cxone drift as a CI gate", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = simlib.tmpdir()
-        write_file(dir .. "/book.lua", BOOK)
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.remove(dir .. "/audit.jsonl")
-        os.remove(dir .. "/audit.jsonl.masked.json")
-        env = sim_env(sim, dir)
-        env.GATE_KEY = CANARY
-    end)
+    simlib.suite({ files = { ["book.lua"] = BOOK }, clean = { "audit.jsonl", "audit.jsonl.masked.json" }, env = "each" },
+        function(s) sim, dir, env = s.sim, s.dir, s.env end)
+    before_each(function() env.GATE_KEY = CANARY end)
 
     local function apply(e)
         local code, out, err = cxone({ "apply", "--yes", "--json", dir .. "/book.lua" }, e or env)

@@ -7,11 +7,6 @@ local D = simlib.DEMO
 local sh = simlib.shquote
 local A = D.actions[1]
 
-local function run(cmd)
-    local ok = os.execute(cmd .. " >/dev/null 2>&1")
-    assert(ok == true or ok == 0, "failed: " .. cmd)
-end
-
 -- TCP connections the sim has accepted, not counting those that asked it (each question is a
 -- connection of its own, over https with the test CA), and the sim's other statistics.
 local asked = {}
@@ -101,34 +96,17 @@ end
 
 describe("fork safety", function()
     local dir, plain, tls, h2pid, h2url
-    setup(function()
-        dir = simlib.tmpdir()
-        local function f(name) return sh(dir .. "/" .. name) end
-        local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        run("openssl req -x509 " .. ec .. " -keyout " .. f("ca.key") .. " -out " .. f("ca.pem")
-            .. " -days 2 -subj '/CN=cxone-overrides fork test CA'"
-            .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
-        run("openssl req " .. ec .. " -keyout " .. f("srv.key") .. " -out " .. f("srv.csr") .. " -subj '/CN=127.0.0.1'")
-        simlib.write_file(dir .. "/ext.cnf", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        run("openssl x509 -req -in " .. f("srv.csr") .. " -CA " .. f("ca.pem") .. " -CAkey " .. f("ca.key")
-            .. " -CAcreateserial -out " .. f("srv.pem") .. " -days 2 -extfile " .. f("ext.cnf"))
-        plain = simlib.start()
-        tls = simlib.start{ args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
-        h2pid, h2url = start_h2(dir, plain)
-    end)
     teardown(function()
         if h2pid then os.execute("kill " .. h2pid .. " 2>/dev/null") end
-        if plain then plain:stop() end
-        if tls then tls:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
     end)
+    simlib.tls_suite({ "127.0.0.1" }, "cxone-overrides fork test CA", true,
+        function(s) dir, plain, tls = s.dir, s.plain, s.tls end)
+    setup(function() h2pid, h2url = start_h2(dir, plain) end)
 
     local function new_client(sim, extra)
-        local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                       retries = 0 } -- a broken connection must show, not be papered over by a retry
+        local opts = { retries = 0 } -- a broken connection must show, not be papered over by a retry
         if sim.url:match("^https:") then opts.ca_file = dir .. "/ca.pem" end
-        for k, v in pairs(extra or {}) do opts[k] = v end
-        return assert(core.client(opts))
+        return assert(core.client(simlib.client_opts(sim, opts, extra)))
     end
 
     for _, scheme in ipairs({ "http", "https", "h2" }) do

@@ -4,19 +4,15 @@
 -- limit. The sim's PATCHes are slowed by its fault scenarios so that a signal lands mid-run; the
 -- spec synchronises on observable events (the audit trail, the CLI's stderr), never on sleeps.
 -- Lua 5.1-compatible (the spec also runs under LuaJIT and 5.3; the CLI is always lua5.4).
-local json = require("cjson.safe")
 local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 local q = simlib.shquote
 local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
 local cxone, sim_env, capture = simlib.cxone, simlib.sim_env, simlib.capture
+local wait_for, spawn, env_vars = simlib.wait_for, simlib.spawn, simlib.env_vars
 
-local function audit_records(path)
-    local out = {}
-    for line in (read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = json.decode(line) or { torn = line } end
-    return out
-end
+local function audit_records(path) return simlib.audit_records(path, true) end
 
 local function events_of(recs, name)
     local out = {}
@@ -24,72 +20,12 @@ local function events_of(recs, name)
     return out
 end
 
--- Polls until pred() holds (an observable event), for at most `limit` seconds; the short pause
--- between polls only spares the CPU, the outcome never depends on it.
-local function wait_for(pred, what, limit)
-    local polls = math.floor((limit or 30) / 0.02)
-    for _ = 1, polls do
-        local v = pred()
-        if v then return v end
-        os.execute("sleep 0.02")
-    end
-    error("timed out waiting for " .. what)
-end
-
--- Starts `cxone ARGS` in the background; returns a handle with the process id, its output
--- files and a way to wait for its exit status.
-local function spawn(args, env)
-    local d = tmpdir()
-    local inner = "echo $$ >" .. q(d .. "/pid.tmp") .. "; mv " .. q(d .. "/pid.tmp") .. " " .. q(d .. "/pid")
-        .. "; exec " .. simlib.cxone_cmd(args)
-    local cmd = "(" .. simlib.with_env(env) .. " sh -c " .. q(inner) .. " </dev/null >" .. q(d .. "/out")
-        .. " 2>" .. q(d .. "/err") .. "; echo $? >" .. q(d .. "/rc.tmp") .. "; mv " .. q(d .. "/rc.tmp") .. " "
-        .. q(d .. "/rc") .. ") >/dev/null 2>&1 &"
-    os.execute(cmd)
-    local h = { dir = d }
-    h.pid = tonumber(wait_for(function() return read_file(d .. "/pid") end, "the process id"))
-    function h.kill(sig) os.execute("kill -" .. sig .. " " .. h.pid) end
-    function h.wait()
-        local rc = wait_for(function() return read_file(d .. "/rc") end, "the exit status", 60)
-        return tonumber(rc), read_file(d .. "/out") or "", read_file(d .. "/err") or ""
-    end
-    function h.err() return read_file(d .. "/err") or "" end
-    return h
-end
-
-local function book(steps, concurrency)
-    local out = { "return { concurrency = " .. (concurrency or 1) .. ", steps = {" }
-    for _, s in ipairs(steps) do out[#out + 1] = "  " .. s .. "," end
-    out[#out + 1] = "} }"
-    return table.concat(out, "\n") .. "\n"
-end
-
-local function env_vars(state, action, env)
-    for _, a in ipairs(state.actions) do
-        if a.id == action then
-            local by = {}
-            for _, v in ipairs((a.environments[env] or {}).variables or {}) do by[v.name] = v end
-            return by
-        end
-    end
-end
+local function book(steps, concurrency) return simlib.book(steps, concurrency or 1) end
 
 describe("interrupting apply", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/*")
-        env = sim_env(sim, dir)
-        env.CXONE_STATE_FILE = dir .. "/ledger.json"
-    end)
+    simlib.suite({ clean = "files", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
+    before_each(function() env.CXONE_STATE_FILE = dir .. "/ledger.json" end)
 
     -- four production steps (no builds), one write at a time; the first PATCH is slowed
     local function four_steps(flag)
@@ -171,11 +107,8 @@ describe("interrupting apply", function()
     it("Ctrl-C at the confirmation prompt: aborted, nothing written, exit 130", function()
         local pb = four_steps("PROMPT")
         local patches = sim:count("PATCH")
-        local cmd = simlib.with_env(env) .. " python3 " .. q(simlib.ROOT .. "/specs/support/pty_run.py")
-            .. " --expect " .. q("Type 'yes'") .. " --send " .. q("\\x03") .. " -- "
-            .. simlib.cxone_cmd({ "apply", pb }) .. "; echo \"exit=$?\""
-        local out = capture(cmd)
-        assert.equals(130, tonumber(out:match("exit=(%d+)%s*$")), out)
+        local code, out = simlib.cxone_pty({ "apply", pb }, env, { expect = "Type 'yes'", send = "\\x03" })
+        assert.equals(130, code, out)
         assert.matches("aborted, nothing written", out, 1, true)
         assert.is_nil(out:find("internal error", 1, true), out)
         assert.equals(patches, sim:count("PATCH"))
@@ -212,20 +145,16 @@ end)
 
 describe("crashes and full disks", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/*")
-        env = sim_env(sim, dir)
-        env.CXONE_STATE_FILE = dir .. "/ledger.json"
-    end)
+    local suite = simlib.suite({ clean = "files", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
+    before_each(function() env.CXONE_STATE_FILE = dir .. "/ledger.json" end)
+
+    -- Runs `cxone ARGS` with no file allowed to grow past `limit` bytes (ulimit -f), its stdout
+    -- and stderr in outfile; returns the exit code and that output.
+    local function capped(limit, args, outfile)
+        local cmd = "ulimit -f " .. ("%d"):format(limit / 512) .. " && " .. simlib.with_env(env) .. " "
+            .. simlib.cxone_cmd(args) .. " >" .. q(outfile) .. " 2>&1; echo $?"
+        return tonumber(capture("sh -c " .. q(cmd)):match("(%d+)")), read_file(outfile)
+    end
 
     it("kill -9 mid-write: the trail names the write, and the next run queues the build it owes and says so", function()
         local pb = dir .. "/staging.lua"
@@ -271,8 +200,7 @@ describe("crashes and full disks", function()
         assert.equals(0, (cxone({ "plan", pb }, env)))
         assert.is_true(sim:count("PATCH") <= patches + 2, aout) -- the killed run's and at most one more
         -- the killed run's slowed PATCH may still be pending in the sim: a fresh sim for the next test
-        sim:stop()
-        sim = simlib.start()
+        suite.restart()
     end)
 
     it("a trail that fills up before an intent is durable: that write is not made, the run says why", function()
@@ -305,10 +233,7 @@ describe("crashes and full disks", function()
         a:close()
         assert.is_true(math.abs(size() - want) < 8, "padded to " .. size() .. ", wanted " .. want)
         local patches, builds = sim:count("PATCH"), sim:stats().builds_queued
-        local cmd = "ulimit -f " .. ("%d"):format(LIMIT / 512) .. " && " .. simlib.with_env(env) .. " "
-            .. simlib.cxone_cmd({ "apply", "--yes", pb }) .. " >" .. q(dir .. "/full.out") .. " 2>&1; echo $?"
-        local code = tonumber(capture("sh -c " .. q(cmd)):match("(%d+)"))
-        local out = read_file(dir .. "/full.out")
+        local code, out = capped(LIMIT, { "apply", "--yes", pb }, dir .. "/full.out")
         assert.equals(1, code, out .. "\ntrail size " .. size() .. ", limit " .. LIMIT)
         assert.matches("intent", out, 1, true)
         assert.matches("File too large", out, 1, true)
@@ -333,10 +258,7 @@ describe("crashes and full disks", function()
         local ledger = dir .. "/ledger.json"
         write_file(ledger, (" "):rep(LIMIT - 1) .. "\n")
         local patches, builds = sim:count("PATCH"), sim:stats().builds_queued
-        local cmd = "ulimit -f " .. ("%d"):format(LIMIT / 512) .. " && " .. simlib.with_env(env) .. " "
-            .. simlib.cxone_cmd({ "apply", "--yes", pb }) .. " >" .. q(dir .. "/owe.out") .. " 2>&1; echo $?"
-        local code = tonumber(capture("sh -c " .. q(cmd)):match("(%d+)"))
-        local out = read_file(dir .. "/owe.out")
+        local code, out = capped(LIMIT, { "apply", "--yes", pb }, dir .. "/owe.out")
         assert.equals(1, code, out)
         assert.matches("cannot journal the builds", out, 1, true)
         assert.matches("File too large", out, 1, true)

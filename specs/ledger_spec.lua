@@ -9,8 +9,7 @@ local read_file, write_file, capture, q = simlib.read_file, simlib.write_file, s
 
 describe("cxone.ledger", function()
     local dir
-    before_each(function() dir = simlib.tmpdir() end)
-    after_each(function() os.execute("rm -rf " .. q(dir)) end)
+    simlib.tmpdir_each(function(d) dir = d end)
 
     it("folds writes: fingerprints carry over only from the ETag the write was planned against", function()
         local l = assert(ledgermod.open(dir .. "/l.json"))
@@ -122,8 +121,7 @@ end)
 
 describe("core.state_open", function()
     local dir
-    before_each(function() dir = simlib.tmpdir() end)
-    after_each(function() os.execute("rm -rf " .. q(dir)) end)
+    simlib.tmpdir_each(function(d) dir = d end)
 
     it("appends, reads and replaces; nested locks; tostring names the path only", function()
         local s = assert(core.state_open(dir .. "/s"))

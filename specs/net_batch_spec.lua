@@ -11,15 +11,10 @@ local now = simlib.now
 describe("cxone.Client:batch", function()
     local sim
     local function client(extra)
-        local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                       backoff_base = 0.01, backoff_cap = 0.05 }
-        for k, v in pairs(extra or {}) do opts[k] = v end
-        return assert(core.client(opts))
+        return assert(core.client(simlib.client_opts(sim, { backoff_base = 0.01, backoff_cap = 0.05 }, extra)))
     end
 
-    setup(function() sim = simlib.start() end)
-    teardown(function() sim:stop() end)
-    before_each(function() sim:curl("DELETE", "/_sim/faults") end)
+    simlib.suite({ dir = false, reset = "faults" }, function(s) sim = s.sim end)
 
     it("returns results in request order, with one token and at most `concurrency` connections", function()
         local c = client()

@@ -95,11 +95,8 @@ describe("canary: no secret, token or masked value leaks", function()
     local sim, dir
     local canary = {}
 
+    simlib.suite({ reset = false }, function(s) sim, dir = s.sim, s.dir end)
     setup(function()
-        local p = io.popen("mktemp -d")
-        dir = p:read("*l")
-        p:close()
-        sim = simlib.start()
         local tag = rand_hex(6)
         canary.client_id = "canary-client-" .. tag
         canary.secret = "CanarySecret" .. rand_hex(10)
@@ -116,10 +113,6 @@ describe("canary: no secret, token or masked value leaks", function()
             access_key_secret = canary.key_secret, client_id = canary.client_id }
         local status = sim:curl("PUT", "/_sim/state", assert(json.encode(state)))
         assert.equals(200, status)
-    end)
-    teardown(function()
-        if sim then sim:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
     end)
 
     it("child run with CXONE_DEBUG=1 shows none of them", function()

@@ -11,10 +11,7 @@ local now = simlib.now
 describe("cxone.Client faults", function()
     local sim
     local function client(extra)
-        local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret,
-                       backoff_base = 0.01, backoff_cap = 0.05 }
-        for k, v in pairs(extra or {}) do opts[k] = v end
-        local c = assert(core.client(opts))
+        local c = assert(core.client(simlib.client_opts(sim, { backoff_base = 0.01, backoff_cap = 0.05 }, extra)))
         assert(c:authenticate())
         return c
     end
@@ -23,9 +20,7 @@ describe("cxone.Client faults", function()
                  variables = { { name = "FAULT_TEST", value = value, masked = false } } }
     end
 
-    setup(function() sim = simlib.start() end)
-    teardown(function() sim:stop() end)
-    before_each(function() sim:curl("DELETE", "/_sim/faults") end)
+    simlib.suite({ dir = false, reset = "faults" }, function(s) sim = s.sim end)
 
     it("three 429s with Retry-After: 1 succeed on the 4th attempt after waiting", function()
         local c = client()

@@ -7,36 +7,16 @@ local simlib = require "support.sim"
 local D = simlib.DEMO
 local sh = simlib.shquote
 
-local function run(cmd)
-    local ok = os.execute(cmd .. " >/dev/null 2>&1")
-    assert(ok == true or ok == 0, "failed: " .. cmd)
-end
-
-local function read(path)
-    local f = io.open(path, "rb")
-    if not f then return "" end
-    local s = f:read("*a")
-    f:close()
-    return s
-end
+local function read(path) return simlib.read_file(path) or "" end
 
 describe("proxies", function()
     local dir, plain, tls, proxy_pid, proxy_port, proxy_log, tls_port
+    teardown(function()
+        if proxy_pid then os.execute("kill " .. proxy_pid .. " 2>/dev/null") end
+    end)
+    simlib.tls_suite({ "cxone.test", "127.0.0.1" }, "cxone-overrides proxy test CA", true,
+        function(s) dir, plain, tls = s.dir, s.plain, s.tls end)
     setup(function()
-        dir = simlib.tmpdir()
-        local function f(name) return sh(dir .. "/" .. name) end
-        local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        run("openssl req -x509 " .. ec .. " -keyout " .. f("ca.key") .. " -out " .. f("ca.pem")
-            .. " -days 2 -subj '/CN=cxone-overrides proxy test CA'"
-            .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
-        run("openssl req " .. ec .. " -keyout " .. f("srv.key") .. " -out " .. f("srv.csr") .. " -subj '/CN=cxone.test'")
-        local ext = assert(io.open(dir .. "/ext.cnf", "w"))
-        ext:write("subjectAltName=DNS:cxone.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        ext:close()
-        run("openssl x509 -req -in " .. f("srv.csr") .. " -CA " .. f("ca.pem") .. " -CAkey " .. f("ca.key")
-            .. " -CAcreateserial -out " .. f("srv.pem") .. " -days 2 -extfile " .. f("ext.cnf"))
-        plain = simlib.start()
-        tls = simlib.start{ args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
         tls_port = tonumber(tls.url:match(":(%d+)$"))
         proxy_log = dir .. "/proxy.log"
         local script = os.getenv("CXONE_SRC") and (os.getenv("CXONE_SRC") .. "/specs/support/recording_proxy.py")
@@ -46,12 +26,6 @@ describe("proxies", function()
         proxy_pid = p:read("*l")
         proxy_port = tonumber(p:read("*l"))
         assert(proxy_port, "the recording proxy did not start")
-    end)
-    teardown(function()
-        if proxy_pid then os.execute("kill " .. proxy_pid .. " 2>/dev/null") end
-        if plain then plain:stop() end
-        if tls then tls:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
     end)
 
     -- Runs a client in a child with env (a map) and returns what it printed: "ok" or the code.

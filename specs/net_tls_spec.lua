@@ -2,36 +2,10 @@
 local core = require "cxone.core"
 local simlib = require "support.sim"
 local D = simlib.DEMO
-local sh = simlib.shquote
-
-local function run(cmd)
-    local ok = os.execute(cmd .. " >/dev/null 2>&1")
-    assert(ok == true or ok == 0, "failed: " .. cmd)
-end
 
 describe("cxone.Client TLS", function()
     local dir, sim
-    setup(function()
-        local p = io.popen("mktemp -d")
-        dir = p:read("*l")
-        p:close()
-        local function f(name) return sh(dir .. "/" .. name) end
-        local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
-        run("openssl req -x509 " .. ec .. " -keyout " .. f("ca.key") .. " -out " .. f("ca.pem")
-            .. " -days 2 -subj '/CN=cxone-overrides test CA'"
-            .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
-        run("openssl req " .. ec .. " -keyout " .. f("srv.key") .. " -out " .. f("srv.csr") .. " -subj '/CN=127.0.0.1'")
-        local ext = assert(io.open(dir .. "/ext.cnf", "w"))
-        ext:write("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
-        ext:close()
-        run("openssl x509 -req -in " .. f("srv.csr") .. " -CA " .. f("ca.pem") .. " -CAkey " .. f("ca.key")
-            .. " -CAcreateserial -out " .. f("srv.pem") .. " -days 2 -extfile " .. f("ext.cnf"))
-        sim = simlib.start{ args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
-    end)
-    teardown(function()
-        if sim then sim:stop() end
-        if dir then os.execute("rm -rf " .. sh(dir)) end
-    end)
+    simlib.tls_suite({ "127.0.0.1" }, nil, false, function(s) dir, sim = s.dir, s.tls end)
 
     it("the sim serves https", function()
         assert.matches("^https://127%.0%.0%.1:%d+$", sim.url)

@@ -11,38 +11,15 @@ local A1, A2 = D.actions[1], D.actions[2]
 local q = simlib.shquote
 local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
 local cxone, sim_env, capture = simlib.cxone, simlib.sim_env, simlib.capture
+local env_vars, book = simlib.env_vars, simlib.book
 
 local CANARY = "canary-masked-value-5d1e88"
 local OLD_PLAIN = "old-plain-canary-94c2"
 local PLAN_KEY = "plan-key-for-tests-3b7f0e"
 
-local function env_vars(state, action, env)
-    for _, a in ipairs(state.actions) do
-        if a.id == action then
-            local by = {}
-            for _, v in ipairs((a.environments[env] or {}).variables or {}) do by[v.name] = v end
-            return by
-        end
-    end
-end
-
-local function book(steps)
-    local out = { "return {" }
-    for _, s in ipairs(steps) do out[#out + 1] = "  " .. s .. "," end
-    out[#out + 1] = "}"
-    return table.concat(out, "\n") .. "\n"
-end
-
-local function token(sim)
-    return json.decode(capture("curl -s -d grant_type=client_credentials -d client_id=" .. D.client_id
-        .. " -d client_secret=" .. D.client_secret .. " " .. q(sim.url .. "/oauth/token"))).access_token
-end
-
 -- A foreign writer: a PATCH through curl (not our client).
 local function foreign_patch(sim, action, env, vars)
-    local status = sim:curl("PATCH", "/api/v2/integration/actions/" .. action .. "/environments/" .. env .. "/variables",
-        { actionId = action, environmentId = env, variables = vars }, { "Authorization: Bearer " .. token(sim) })
-    assert.equals(200, status)
+    assert.equals(200, sim:foreign_patch(action, env, vars))
 end
 
 local function mode_of(path)
@@ -60,18 +37,8 @@ end
 
 describe("saved plans", function()
     local sim, dir, env, PB, PLAN
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
+    simlib.suite({ clean = "all", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
     before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/* " .. q(dir) .. "/.[!.]*")
-        env = sim_env(sim, dir)
         env.CX_API_TOKEN = CANARY
         env.CXONE_PLAN_KEY = false
         env.CXONE_PLAN_TTL = false

@@ -8,46 +8,15 @@ local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 
-local tmpdir, read_file = simlib.tmpdir, simlib.read_file
-
-
-local function env_vars(state, action, env)
-    for _, a in ipairs(state.actions) do
-        if a.id == action then
-            local e = a.environments[env] or {}
-            local by = {}
-            for _, v in ipairs(e.variables or {}) do by[v.name] = v end
-            return by
-        end
-    end
-end
+local read_file, env_vars = simlib.read_file, simlib.env_vars
 
 local function new_client(sim, extra)
-    local opts = { base_url = sim.url, client_id = D.client_id, client_secret = D.client_secret }
-    for k, v in pairs(extra or {}) do opts[k] = v end
-    return assert(cxone.client(opts))
-end
-
-local function patch_count(sim)
-    local r = sim:stats().routes["PATCH /api/v2/integration/actions/{actionId}/environments/{envId}/variables"]
-    local n = 0
-    for _, c in pairs(r or {}) do n = n + c end
-    return n
+    return assert(cxone.client(simlib.client_opts(sim, extra)))
 end
 
 describe("cxone.client", function()
     local sim, dir
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf '" .. dir .. "'")
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-    end)
+    simlib.suite({}, function(s) sim, dir = s.sim, s.dir end)
 
     it("reports a missing setting naming the option and variable, code config", function()
         local c, msg, code = require("cxone.client").new({ base_url = sim.url, client_id = "x",
@@ -79,7 +48,7 @@ describe("cxone.client", function()
         -- drift staging → prod is part of the plan
         assert.equals(4, plan.drift:count())
         assert.matches("drift staging → production", text, 1, true)
-        assert.equals(0, patch_count(sim))
+        assert.equals(0, sim:count("PATCH"))
     end)
 
     it("refuses invalid variables with every violation, merged against the target (50 limit)", function()
@@ -192,10 +161,10 @@ describe("cxone.client", function()
         local c = new_client(sim, { audit_log = log })
         local plan = assert(c:plan{ action = A1, tier = "prod", variables = { LOG_LEVEL = "info" } })
         assert.equals(0, plan.changes)
-        local before = patch_count(sim)
+        local before = sim:count("PATCH")
         local r = assert(c:apply(plan))
         assert.equals("unchanged", r.status)
-        assert.equals(before, patch_count(sim))
+        assert.equals(before, sim:count("PATCH"))
         assert.is_nil(read_file(log))
     end)
 
@@ -282,11 +251,11 @@ describe("cxone.client", function()
         assert.equals(1, failures)
         -- re-run after the fault clears: only the two missing steps are written
         assert(sim:curl("DELETE", "/_sim/faults"))
-        local before = patch_count(sim)
+        local before = sim:count("PATCH")
         local rep2 = c:promote{ steps = steps, concurrency = 4 }
         assert.is_true(rep2.ok)
         assert.same({ applied = 2, failed = 0, not_attempted = 0, unchanged = 7, planned = 0 }, rep2.counts)
-        assert.equals(before + 2, patch_count(sim))
+        assert.equals(before + 2, sim:count("PATCH"))
         assert.equals("r42", env_vars(sim:state(), A3, "prod").PROMO_RELEASE.value)
         local m = c:metrics()
         assert.is_true(m.successes > 0)

@@ -7,8 +7,7 @@ local json = require("cjson.safe")
 local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
-local q = simlib.shquote
-local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
+local write_file, wait_for = simlib.write_file, simlib.wait_for
 
 local function book(flag, concurrency)
     local steps = {
@@ -20,30 +19,9 @@ local function book(flag, concurrency)
     return "return { concurrency = " .. concurrency .. ", steps = {\n  " .. table.concat(steps, ",\n  ") .. "\n} }\n"
 end
 
-local function wait_for(pred, what)
-    for _ = 1, 1500 do
-        local v = pred()
-        if v then return v end
-        os.execute("sleep 0.02")
-    end
-    error("timed out waiting for " .. what)
-end
-
 describe("apply progress", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/*")
-        env = simlib.sim_env(sim, dir)
-    end)
+    simlib.suite({ clean = "files", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
 
     it("--json without a terminal: stdout is one JSON document, stderr a line per step and a summary", function()
         local pb = dir .. "/p.lua"
@@ -83,26 +61,21 @@ describe("apply progress", function()
         -- the second write of the (single) wave is slowed
         sim:fault{ method = "PATCH", path = "/api/v2/integration/actions/" .. A2 .. "/environments/prod/variables",
                    kind = "delay", delay_ms = 4000, count = 1 }
-        local errf, rcf = dir .. "/err", dir .. "/rc"
-        os.execute("(" .. simlib.with_env(env) .. " " .. simlib.cxone_cmd({ "apply", "--yes", pb })
-            .. " </dev/null >/dev/null 2>" .. q(errf) .. "; echo $? >" .. q(rcf .. ".tmp") .. "; mv "
-            .. q(rcf .. ".tmp") .. " " .. q(rcf) .. ") >/dev/null 2>&1 &")
-        wait_for(function() return (read_file(errf) or ""):find("[1/4]", 1, true) end, "the first step's line")
+        local p = simlib.spawn({ "apply", "--yes", pb }, env, dir)
+        wait_for(function() return p.err():find("[1/4]", 1, true) end, "the first step's line")
         -- the wave is still being written: no outcome for the slowed step yet, the run goes on
-        assert.is_nil(read_file(rcf))
-        assert.is_nil((read_file(errf) or ""):find("[2/4]", 1, true))
-        local rc = wait_for(function() return read_file(rcf) end, "the run's end")
+        assert.is_nil(p.done())
+        assert.is_nil(p.err():find("[2/4]", 1, true))
+        local rc = wait_for(p.done, "the run's end")
         assert.equals(0, tonumber(rc))
-        assert.matches("[4/4]", read_file(errf), 1, true)
+        assert.matches("[4/4]", p.err(), 1, true)
     end)
 
     it("on a terminal: a live line with steps, requests, rate-limit waits and an ETA", function()
         local pb = dir .. "/p.lua"
         write_file(pb, book("TTY_FLAG", 1))
-        local cmd = simlib.with_env(env) .. " python3 " .. q(simlib.ROOT .. "/specs/support/pty_run.py")
-            .. " -- " .. simlib.cxone_cmd({ "apply", "--yes", pb }) .. "; echo \"exit=$?\""
-        local out = simlib.capture(cmd)
-        assert.equals(0, tonumber(out:match("exit=(%d+)%s*$")), out)
+        local code, out = simlib.cxone_pty({ "apply", "--yes", pb }, env)
+        assert.equals(0, code, out)
         assert.matches("\rapplying 1/4", out, 1, true)
         assert.matches("applying 4/4", out, 1, true)
         assert.matches("rate-limit waits 0.0s (0 x 429)", out, 1, true)

@@ -6,7 +6,7 @@ local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1 = D.actions[1]
 local q = simlib.shquote
-local capture, read_file, write_file, tmpdir = simlib.capture, simlib.read_file, simlib.write_file, simlib.tmpdir
+local capture, read_file, write_file = simlib.capture, simlib.read_file, simlib.write_file
 
 local pack = table.pack or function(...) return { n = select("#", ...), ... } end
 
@@ -260,10 +260,8 @@ local PROMPT = "> $"
 
 describe("cxone repl against cxone-sim", function()
     local sim, dir, env, driver, canary
+    simlib.suite({ reset = false, env = "once" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
     setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-        env = simlib.sim_env(sim, dir)
         env.HOME = dir
         env.CXONE_HISTORY = dir .. "/history"
         env.TERM = "xterm"
@@ -278,10 +276,6 @@ describe("cxone repl against cxone-sim", function()
             end
         end
         assert.is_string(canary)
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
     end)
 
     -- The command line of `cxone repl`, loading cxone.core from the tree under test.

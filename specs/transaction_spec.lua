@@ -8,59 +8,20 @@ local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
 local q = simlib.shquote
-local tmpdir, read_file, write_file = simlib.tmpdir, simlib.read_file, simlib.write_file
-local cxone, sim_env, capture = simlib.cxone, simlib.sim_env, simlib.capture
+local read_file, write_file = simlib.read_file, simlib.write_file
+local cxone, capture = simlib.cxone, simlib.capture
+local env_vars, book, audit_records = simlib.env_vars, simlib.book, simlib.audit_records
 
 local CANARY = "canary-masked-value-7f3a9c"
 
-local function env_vars(state, action, env)
-    for _, a in ipairs(state.actions) do
-        if a.id == action then
-            local by = {}
-            for _, v in ipairs((a.environments[env] or {}).variables or {}) do by[v.name] = v end
-            return by
-        end
-    end
-end
-
-local function book(steps)
-    local out = { "return {" }
-    for _, s in ipairs(steps) do out[#out + 1] = "  " .. s .. "," end
-    out[#out + 1] = "}"
-    return table.concat(out, "\n") .. "\n"
-end
-
 -- A foreign writer: a PATCH through curl (not our client).
 local function foreign_patch(sim, action, env, name, value)
-    local token = json.decode(capture("curl -s -d grant_type=client_credentials -d client_id=" .. D.client_id
-        .. " -d client_secret=" .. D.client_secret .. " " .. q(sim.url .. "/oauth/token"))).access_token
-    local status = sim:curl("PATCH", "/api/v2/integration/actions/" .. action .. "/environments/" .. env .. "/variables",
-        { actionId = action, environmentId = env, variables = { { name = name, value = value, masked = false } } },
-        { "Authorization: Bearer " .. token })
-    assert.equals(200, status)
-end
-
-local function audit_records(path)
-    local out = {}
-    for line in (read_file(path) or ""):gmatch("[^\n]+") do out[#out + 1] = json.decode(line) end
-    return out
+    assert.equals(200, sim:foreign_patch(action, env, { { name = name, value = value, masked = false } }))
 end
 
 describe("apply as a transaction", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/*")
-        env = sim_env(sim, dir)
-    end)
+    simlib.suite({ clean = "files", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
 
     describe("saved plans", function()
         local PB
@@ -127,11 +88,7 @@ describe("apply as a transaction", function()
 
     describe("interactive apply writes exactly what it showed", function()
         local function pty_apply(pb, hook)
-            local cmd = simlib.with_env(env) .. " python3 " .. q(simlib.ROOT .. "/specs/support/pty_run.py")
-                .. " --expect " .. q("Type 'yes'") .. (hook and (" --hook " .. q(hook)) or "")
-                .. " --send " .. q("yes\\n") .. " -- " .. simlib.cxone_cmd({ "apply", pb }) .. "; echo \"exit=$?\""
-            local out = capture(cmd)
-            return tonumber(out:match("exit=(%d+)%s*$")), out
+            return simlib.cxone_pty({ "apply", pb }, env, { expect = "Type 'yes'", hook = hook, send = "yes\\n" })
         end
         local function curl_patch_cmd(action, envid, name, value)
             local tokcmd = "curl -s -d grant_type=client_credentials -d client_id=" .. D.client_id

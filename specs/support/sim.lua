@@ -178,6 +178,224 @@ function M.sim_env(sim, dir)
     }
 end
 
+--- Runs `cxone ARGS` on a pseudo-terminal (specs/support/pty_run.py) with env; opts.expect and
+-- opts.send answer a prompt (opts.hook: a command run before the answer). Returns the exit code
+-- and what the terminal showed.
+function M.cxone_pty(args, env, opts)
+    opts = opts or {}
+    local cmd = with_env(env) .. " python3 " .. shquote(M.ROOT .. "/specs/support/pty_run.py")
+    if opts.expect then cmd = cmd .. " --expect " .. shquote(opts.expect) end
+    if opts.hook then cmd = cmd .. " --hook " .. shquote(opts.hook) end
+    if opts.send then cmd = cmd .. " --send " .. shquote(opts.send) end
+    local out = M.capture(cmd .. " -- " .. M.cxone_cmd(args) .. "; echo \"exit=$?\"")
+    return tonumber(out:match("exit=(%d+)%s*$")), out
+end
+
+--- Polls until pred() holds (an observable event), for at most `limit` seconds (default 30), and
+-- returns what it returned; the short pause between polls only spares the CPU.
+function M.wait_for(pred, what, limit)
+    local polls = math.floor((limit or 30) / 0.02)
+    for _ = 1, polls do
+        local v = pred()
+        if v then return v end
+        os.execute("sleep 0.02")
+    end
+    error("timed out waiting for " .. what)
+end
+
+--- Starts `cxone ARGS` with env in the background, stdin from /dev/null, its files (pid, out,
+-- err, rc) in d (default: a fresh temporary directory). The handle has the process id (pid),
+-- kill(sig), err() (stderr so far), done() (the exit status once it exited, else nil) and wait()
+-- (the exit code, stdout and stderr, once it exited).
+function M.spawn(args, env, d)
+    d = d or M.tmpdir()
+    local function f(name) return shquote(d .. "/" .. name) end
+    local inner = "echo $$ >" .. f("pid.tmp") .. "; mv " .. f("pid.tmp") .. " " .. f("pid")
+        .. "; exec " .. M.cxone_cmd(args)
+    os.execute("(" .. with_env(env) .. " sh -c " .. shquote(inner) .. " </dev/null >" .. f("out")
+        .. " 2>" .. f("err") .. "; echo $? >" .. f("rc.tmp") .. "; mv " .. f("rc.tmp") .. " " .. f("rc")
+        .. ") >/dev/null 2>&1 &")
+    local h = { dir = d }
+    h.pid = tonumber(M.wait_for(function() return M.read_file(d .. "/pid") end, "the process id"))
+    function h.kill(sig) os.execute("kill -" .. sig .. " " .. h.pid) end
+    function h.err() return M.read_file(d .. "/err") or "" end
+    function h.done() return M.read_file(d .. "/rc") end
+    function h.wait()
+        local rc = M.wait_for(h.done, "the exit status", 60)
+        return tonumber(rc), M.read_file(d .. "/out") or "", h.err()
+    end
+    return h
+end
+
+--- A playbook's text: `return { STEP, ... }`, or with a concurrency
+-- `return { concurrency = N, steps = { STEP, ... } }`; steps are Lua source strings.
+function M.book(steps, concurrency)
+    local out = { concurrency and ("return { concurrency = " .. concurrency .. ", steps = {") or "return {" }
+    for _, s in ipairs(steps) do out[#out + 1] = "  " .. s .. "," end
+    out[#out + 1] = concurrency and "} }" or "}"
+    return table.concat(out, "\n") .. "\n"
+end
+
+--- The variables of one action's environment in a /_sim/state document, by name.
+function M.env_vars(state, action, env)
+    for _, a in ipairs(state.actions) do
+        if a.id == action then
+            local by = {}
+            for _, v in ipairs((a.environments[env] or {}).variables or {}) do by[v.name] = v end
+            return by
+        end
+    end
+end
+
+--- The records of an audit trail (none when the file is missing). A line that is not JSON is
+-- skipped, or with keep_torn kept as { torn = LINE }.
+function M.audit_records(path, keep_torn)
+    local out = {}
+    for line in (M.read_file(path) or ""):gmatch("[^\n]+") do
+        local rec = json.decode(line)
+        if rec == nil and keep_torn then rec = { torn = line } end
+        out[#out + 1] = rec
+    end
+    return out
+end
+
+--- A bearer token for the demo client, asked for with curl (not our client).
+function Sim:token()
+    return json.decode(M.capture("curl -s -d grant_type=client_credentials -d client_id=" .. M.DEMO.client_id
+        .. " -d client_secret=" .. M.DEMO.client_secret .. " " .. shquote(self.url .. "/oauth/token"))).access_token
+end
+
+--- A foreign writer: PATCHes vars (a list of { name, value, masked }) through curl; returns the status.
+function Sim:foreign_patch(action, env, vars)
+    return (self:curl("PATCH", "/api/v2/integration/actions/" .. action .. "/environments/" .. env .. "/variables",
+        { actionId = action, environmentId = env, variables = vars }, { "Authorization: Bearer " .. self:token() }))
+end
+
+--- Runs a shell command quietly and raises when it fails.
+function M.run(cmd)
+    local ok = os.execute(cmd .. " >/dev/null 2>&1")
+    assert(ok == true or ok == 0, "failed: " .. cmd)
+end
+
+--- Makes a test CA with the openssl CLI in dir (ca.pem, ca.key) and a server certificate it
+-- signed (srv.pem, srv.key) whose subject is names[1] and whose subjectAltName lists every name
+-- (IPv4 addresses as IP:, the rest as DNS:). ca_name: the CA's common name.
+function M.test_ca(dir, names, ca_name)
+    local function f(name) return shquote(dir .. "/" .. name) end
+    local ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes"
+    M.run("openssl req -x509 " .. ec .. " -keyout " .. f("ca.key") .. " -out " .. f("ca.pem")
+        .. " -days 2 -subj " .. shquote("/CN=" .. (ca_name or "cxone-overrides test CA"))
+        .. " -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign")
+    M.run("openssl req " .. ec .. " -keyout " .. f("srv.key") .. " -out " .. f("srv.csr")
+        .. " -subj " .. shquote("/CN=" .. names[1]))
+    local alt = {}
+    for i, n in ipairs(names) do alt[i] = (n:match("^%d+%.%d+%.%d+%.%d+$") and "IP:" or "DNS:") .. n end
+    M.write_file(dir .. "/ext.cnf", "subjectAltName=" .. table.concat(alt, ",") .. "\nextendedKeyUsage=serverAuth\n")
+    M.run("openssl x509 -req -in " .. f("srv.csr") .. " -CA " .. f("ca.pem") .. " -CAkey " .. f("ca.key")
+        .. " -CAcreateserial -out " .. f("srv.pem") .. " -days 2 -extfile " .. f("ext.cnf"))
+end
+
+--- The options for M.start that serve https with dir's srv.pem and srv.key (see M.test_ca).
+function M.tls_args(dir)
+    return { args = { "--tls-cert", dir .. "/srv.pem", "--tls-key", dir .. "/srv.key" } }
+end
+
+--- For the enclosing describe block: a temporary directory holding a test CA and a server
+-- certificate (M.test_ca with names and ca_name), a sim serving https with it (s.tls) and, with
+-- plain, one serving http (s.plain); all gone after the block. bind(s) as for M.suite.
+function M.tls_suite(names, ca_name, plain, bind)
+    local busted = require("busted")
+    local s = {}
+    busted.setup(function()
+        s.dir = M.tmpdir()
+        M.test_ca(s.dir, names, ca_name)
+        if plain then s.plain = M.start() end
+        s.tls = M.start(M.tls_args(s.dir))
+        bind(s)
+    end)
+    busted.teardown(function()
+        if s.plain then s.plain:stop() end
+        if s.tls then s.tls:stop() end
+        if s.dir then os.execute("rm -rf " .. shquote(s.dir)) end
+    end)
+    return s
+end
+
+--- For the enclosing describe block: a fresh temporary directory for each test, removed after
+-- it; bind(dir) is called with each one.
+function M.tmpdir_each(bind)
+    local busted = require("busted")
+    local dir
+    busted.before_each(function()
+        dir = M.tmpdir()
+        bind(dir)
+    end)
+    busted.after_each(function() os.execute("rm -rf " .. shquote(dir)) end)
+end
+
+--- The set-up most specs share, for the enclosing describe block (call it inside one): a sim
+-- started once (opts.start: options for M.start) and a temporary directory (none with
+-- opts.dir = false), both gone after the block. opts.files (name -> text) are written into the
+-- directory at set-up. Before each test the sim is reset as opts.reset says ("state", the
+-- default: POST /_sim/reset, which must answer 200; "faults": DELETE /_sim/faults; false:
+-- nothing) and the directory cleared as opts.clean says ("files" removes what `dir/*` names,
+-- "all" dot files too, a list removes those names, nil nothing). opts.env: "each" builds the
+-- CLI's environment (M.sim_env) before each test, "once" at set-up, nil never. bind(s) is called
+-- each time s.sim, s.dir or s.env change, so that a spec can keep them in its own locals.
+-- Returns s; s.restart() stops the sim and starts a fresh one (for a test that leaves it unusable).
+function M.suite(opts, bind)
+    opts = opts or {}
+    bind = bind or function() end
+    local busted, luassert = require("busted"), require("luassert")
+    local reset = opts.reset == nil and "state" or opts.reset
+    local s = {}
+    function s.restart()
+        s.sim:stop()
+        s.sim = M.start(opts.start)
+        if opts.env == "once" then s.env = M.sim_env(s.sim, s.dir) end
+        bind(s)
+    end
+    busted.setup(function()
+        s.sim = M.start(opts.start)
+        if opts.dir ~= false then s.dir = M.tmpdir() end
+        for name, text in pairs(opts.files or {}) do M.write_file(s.dir .. "/" .. name, text) end
+        if opts.env == "once" then s.env = M.sim_env(s.sim, s.dir) end
+        bind(s)
+    end)
+    busted.teardown(function()
+        if s.sim then s.sim:stop() end
+        if s.dir then os.execute("rm -rf " .. shquote(s.dir)) end
+    end)
+    if not (reset or opts.clean or opts.env == "each") then return s end
+    busted.before_each(function()
+        if reset == "state" then
+            luassert.equals(200, (s.sim:post_json("/_sim/reset", {})))
+        elseif reset == "faults" then
+            s.sim:curl("DELETE", "/_sim/faults")
+        end
+        if opts.clean == "files" then
+            os.execute("rm -rf " .. shquote(s.dir) .. "/*")
+        elseif opts.clean == "all" then
+            os.execute("rm -rf " .. shquote(s.dir) .. "/* " .. shquote(s.dir) .. "/.[!.]*")
+        elseif type(opts.clean) == "table" then
+            for _, name in ipairs(opts.clean) do os.remove(s.dir .. "/" .. name) end
+        end
+        if opts.env == "each" then s.env = M.sim_env(s.sim, s.dir) end
+        bind(s)
+    end)
+    return s
+end
+
+--- The options of a client of sim as the demo client: base_url, client_id and client_secret, then
+-- each table given (nil ones skipped) laid over them in turn.
+function M.client_opts(sim, ...)
+    local opts = { base_url = sim.url, client_id = M.DEMO.client_id, client_secret = M.DEMO.client_secret }
+    for i = 1, select("#", ...) do
+        for k, v in pairs((select(i, ...)) or {}) do opts[k] = v end
+    end
+    return opts
+end
+
 --- The number of API requests the sim answered for one route ("PATCH", "GET", "POST build").
 function Sim:count(which)
     local routes = {
