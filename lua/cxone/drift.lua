@@ -281,7 +281,7 @@ local function ledger_of(client)
     if not l then
         return nil, ("cannot read the masked-value ledger %s: %s"):format(tostring(path), tostring(err)), "io"
     end
-    return l
+    return ledgermod.scope_for(l, client)
 end
 
 -- A proof function for one environment as read now (its live ETag, or nil).
