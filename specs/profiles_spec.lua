@@ -284,6 +284,22 @@ return {
         assert.matches("os", err, 1, true)
     end)
 
+    it("never sends a tier the configuration does not map to another tenant", function()
+        local path = dir .. "/stg_only.lua"
+        write_file(path, ([[return { tiers = { staging = { base_url = %q, client_id = "demo-client",
+            client_secret = env("STG_SECRET") } } }]]):format(stg.url))
+        os.execute("chmod 600 " .. q(path))
+        local g0 = stg:count("GET")
+        local code, _, err = cxone({ "apply", "--yes", "--config", path, dir .. "/prod_only.lua" }, env)
+        assert.equals(1, code)
+        assert.matches("no tenant in the configuration", err, 1, true)
+        assert.equals(g0, stg:count("GET")) -- not even a read went to the staging tenant
+        code = cxone({ "vars", "--config", path, A1, "production" }, env)
+        assert.equals(1, code)
+        code, _, err = cxone({ "vars", "--config", path, A1, "staging" }, env)
+        assert.equals(0, code, err)
+    end)
+
     it("freeze windows: weekdays, offsets and windows across midnight", function()
         local profiles = require("cxone.profiles")
         local path = dir .. "/fz.lua"

@@ -14,24 +14,33 @@ local Router = {}
 Router.__index = Router
 Router.__name = "cxone.TenantRouter"
 
--- the tenant serving environment `env` (or the primary one)
+-- the tenant serving environment `env` (the primary one for a request naming none); nil for
+-- an environment whose tier the profile maps to no tenant (never sent to another tenant)
 function Router:tenant(env)
-    return (env and self.by_env[env]) or self.primary
+    if env == nil then return self.primary end
+    return self.by_env[env]
+end
+
+local function unmapped(env)
+    return ("environment %s: its tier has no tenant in the configuration"):format(tostring(env))
 end
 
 --- A batch over several tenants: the requests of each tenant go to its core client (tenants
 -- in turn, each with its own concurrency); results come back in the requests' order.
 function Router:batch(reqs, opts)
-    local groups, order = {}, {}
+    local groups, order, out = {}, {}, {}
     for k, r in ipairs(reqs) do
         local env = r.env or (type(r.payload) == "table" and r.payload.environmentId) or nil
         local t = self:tenant(env)
-        if not groups[t] then groups[t] = { reqs = {}, at = {} }; order[#order + 1] = t end
-        local g = groups[t]
-        g.reqs[#g.reqs + 1] = r
-        g.at[#g.at + 1] = k
+        if not t then
+            out[k] = { ok = false, error = unmapped(env), code = "config" }
+        elseif not groups[t] then groups[t] = { reqs = {}, at = {} }; order[#order + 1] = t end
+        if t then
+            local g = groups[t]
+            g.reqs[#g.reqs + 1] = r
+            g.at[#g.at + 1] = k
+        end
     end
-    local out = {}
     local stopped = false
     for _, t in ipairs(order) do
         local g = groups[t]
@@ -51,6 +60,7 @@ end
 
 function Router:get(action, env, ...)
     local t = self:tenant(env)
+    if not t then return nil, unmapped(env), "config" end
     self.last = t
     return t.core:get(action, env, ...)
 end
