@@ -284,6 +284,27 @@ return {
         assert.matches("os", err, 1, true)
     end)
 
+    it("a saved plan spanning two tenants applies to each, and is still held to the freeze", function()
+        local cfg = config()
+        local plan = dir .. "/two.json"
+        os.remove(plan)
+        local code, out, err = cxone({ "plan", "--config", cfg, "--out", plan, dir .. "/promote.lua" }, env)
+        assert.equals(2, code, err)
+        refute_canaries(out, err, read_file(plan))
+        -- the same tenants, now with production frozen: the saved plan is refused
+        local frozen = config('freeze = { { days = "Mon-Sun" } }')
+        local p0 = prod:count("PATCH")
+        code, out, err = cxone({ "apply", "--config", frozen, plan }, env)
+        assert.equals(1, code)
+        assert.matches("inside a freeze window", err, 1, true)
+        assert.equals(p0, prod:count("PATCH"))
+        code, out, err = cxone({ "apply", "--config", cfg, plan }, env)
+        assert.equals(0, code, err)
+        assert.equals("4000", vars_of(stg, A1, "staging").TIMEOUT_MS.value)
+        assert.equals(NEW_KEY, vars_of(prod, A1, "prod").CRM_API_KEY.value)
+        refute_canaries(out, err, read_file(dir .. "/audit.jsonl"))
+    end)
+
     it("never sends a tier the configuration does not map to another tenant", function()
         local path = dir .. "/stg_only.lua"
         write_file(path, ([[return { tiers = { staging = { base_url = %q, client_id = "demo-client",
