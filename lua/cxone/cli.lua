@@ -439,6 +439,12 @@ local function run_playbook(ctx, path, dry)
         c:close()
         return pending > 0 and 2 or 0
     end
+    -- a freeze window refuses before asking (the applier checks again before writing)
+    local frozen = pending > 0 and require("cxone.policy").freeze(c, rep, rep:pending(), ctx.flags.override_freeze)
+    if frozen then
+        c:close()
+        return ctx:fail(frozen, "frozen")
+    end
     if pending > 0 and not ctx.flags.yes then
         io.stderr:write(("Apply %d step(s) with changes, exactly as shown? Type 'yes' to confirm: "):format(pending))
         -- Ctrl-C (or TERM) here makes the read return at once: aborted, nothing written
