@@ -305,6 +305,21 @@ return {
         refute_canaries(out, err, read_file(dir .. "/audit.jsonl"))
     end)
 
+    it("drift across tenants: a playbook's masked values are proven per tenant; two tenants' fingerprints are never compared", function()
+        local cfg = config()
+        local code, out, err = cxone({ "apply", "--yes", "--config", cfg, dir .. "/promote.lua" }, env)
+        assert.equals(0, code, err)
+        code, out, err = cxone({ "drift", "--config", cfg, dir .. "/promote.lua" }, env)
+        assert.equals(0, code, out .. err)
+        code, out, err = cxone({ "drift", "--json", "--config", cfg, A1, "staging", "production" }, env)
+        local doc = assert(json.decode(out), err)
+        local key
+        for _, it in ipairs(doc.items or {}) do if it.variable == "CRM_API_KEY" then key = it end end
+        assert.truthy(key, out)
+        assert.matches("different tenants", key.note, 1, true)
+        refute_canaries(out, err)
+    end)
+
     it("never sends a tier the configuration does not map to another tenant", function()
         local path = dir .. "/stg_only.lua"
         write_file(path, ([[return { tiers = { staging = { base_url = %q, client_id = "demo-client",
