@@ -256,6 +256,29 @@ return {
         assert.is_nil((out .. err):find("not-the-secret-CANARY-2718", 1, true))
     end)
 
+    it("config check: the access-key flow, with its secret masked", function()
+        local path = dir .. "/ak.lua"
+        write_file(path, ([[return { tiers = { staging = { base_url = %q, auth = "access_key", client_id = "demo-client",
+            client_secret = env("STG_SECRET"), access_key_id = %q, access_key_secret = env("AKS") } } }]])
+            :format(stg.url, D.access_key_id))
+        os.execute("chmod 600 " .. q(path))
+        local e = {}
+        for k, v in pairs(env) do e[k] = v end
+        e.AKS = D.access_key_secret
+        local code, out, err = cxone({ "config", "check", "--config", path }, e)
+        assert.equals(0, code, err)
+        assert.matches("staging (staging): token ok", out, 1, true)
+        assert.matches("auth%s+access_key", out)
+        assert.matches("access_key_secret%s+env AKS %(set, %*%*%*%)", out)
+        assert.matches("production (prod): not configured", out, 1, true)
+        assert.is_nil((out .. err):find(D.access_key_secret, 1, true))
+        e.AKS = "wrong-access-key-CANARY-1618"
+        code, out, err = cxone({ "config", "check", "--config", path }, e)
+        assert.equals(1, code)
+        assert.matches("staging (staging): token failed (auth)", out, 1, true)
+        assert.is_nil((out .. err):find("wrong-access-key-CANARY-1618", 1, true))
+    end)
+
     it("refuses a configuration writable by group or others, and one that tries io or os", function()
         local cfg = config()
         local p0 = prod:count("PATCH")
