@@ -64,8 +64,9 @@ M.new_run_id = new_run_id
 -- webhook_url, webhook_secret, state_file (the masked-value ledger, default
 -- `<audit_log>.masked.json`; false: none); plus dry_run, tiers (a list for cxone.tiers.new),
 -- concurrency, max_read_age (seconds a plan's own read of a target without ETags stands in for
--- a re-read before writing; default 60, 0: always re-read), and core options (retries,
--- timeout, debug, ...).
+-- a re-read before writing; default 60, 0: always re-read), profile (from cxone.profiles.load:
+-- one core client per tenant, each tier's requests sent to its tenant, and its tier policy;
+-- the CXONE_* credentials are then not needed), and core options (retries, timeout, debug, ...).
 -- @treturn[1] client
 -- @treturn[2] nil, message naming the missing variable, "config"
 function M.new(opts)
