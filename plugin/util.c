@@ -4,8 +4,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -335,11 +341,124 @@ static int l_exec(lua_State *L)
     return cxone_fail(L, "system", "cannot run %s: %s", file, strerror(errno));
 }
 
+/***
+ * Who owns a file and who may write it, for refusing configuration files others could edit.
+ * @function file_owner
+ * @tparam string path
+ * @treturn[1] table `{uid=, mode=, self=}`: the owner, the permission bits, this process's uid
+ * @treturn[2] fail (code "io")
+ */
+static int l_file_owner(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    if (stat(path, &st) != 0) return cxone_fail(L, "io", "cannot read %s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode)) return cxone_fail(L, "io", "%s is not a regular file", path);
+    lua_createtable(L, 0, 3);
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    lua_setfield(L, -2, "uid");
+    lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+    lua_setfield(L, -2, "mode");
+    lua_pushinteger(L, (lua_Integer)geteuid());
+    lua_setfield(L, -2, "self");
+    return 1;
+}
+
+#define CAPTURE_MAX 65536
+
+/***
+ * Runs a program without a shell (execvp: PATH searched when the name has no slash), stdin and
+ * stderr on /dev/null, and returns what it wrote on stdout (at most 64 KiB): how a secret
+ * manager's CLI hands over a secret. The output is never echoed; a program still running after
+ * `timeout` seconds is killed.
+ * @function capture
+ * @tparam {string,...} argv the program and its arguments
+ * @tparam[opt] number timeout seconds (default 30)
+ * @treturn[1] string its stdout
+ * @treturn[2] fail (code "config": it could not run, failed, was killed or said too much)
+ */
+static int l_capture(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
+    luaL_argcheck(L, n >= 1 && n < 256, 1, "a list of 1 to 255 strings expected");
+    double timeout = luaL_optnumber(L, 2, 30);
+    const char **argv = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *argv, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, 1, i);
+        if (lua_type(L, -1) != LUA_TSTRING) return luaL_argerror(L, 1, "arguments must be strings");
+        argv[i - 1] = lua_tostring(L, -1); /* still referenced by the table */
+        lua_pop(L, 1);
+    }
+    argv[n] = NULL;
+    char *out = lua_newuserdatauv(L, CAPTURE_MAX + 1, 0); /* collected, never leaked */
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) != 0) {
+        return cxone_fail(L, "system", "cannot run %s: pipe: %s", argv[0], strerror(errno));
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return cxone_fail(L, "system", "cannot run %s: fork: %s", argv[0], strerror(e));
+    }
+    if (pid == 0) {
+        int null = open("/dev/null", O_RDWR);
+        if (null < 0 || dup2(null, 0) < 0 || dup2(fds[1], 1) < 0 || dup2(null, 2) < 0) _exit(126);
+        execvp(argv[0], (char *const *)argv);
+        _exit(127);
+    }
+    close(fds[1]);
+    size_t len = 0;
+    int too_much = 0, timed_out = 0;
+    struct timespec t0;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        struct timespec t1;
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        double left = timeout - ((double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        if (left <= 0) { timed_out = 1; break; }
+        struct pollfd pfd = {.fd = fds[0], .events = POLLIN};
+        int pr = poll(&pfd, 1, (int)(left * 1000) + 1);
+        if (pr < 0 && errno == EINTR) continue;
+        if (pr <= 0) continue;
+        char tmp[4096];
+        ssize_t r = read(fds[0], tmp, sizeof tmp);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) break;
+        if (len + (size_t)r > CAPTURE_MAX) { too_much = 1; break; }
+        memcpy(out + len, tmp, (size_t)r);
+        OPENSSL_cleanse(tmp, sizeof tmp);
+        len += (size_t)r;
+    }
+    close(fds[0]);
+    if (timed_out || too_much) kill(pid, SIGKILL);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+    if (timed_out || too_much || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        OPENSSL_cleanse(out, len);
+        if (timed_out) return cxone_fail(L, "config", "%s did not finish within %g s", argv[0], timeout);
+        if (too_much) return cxone_fail(L, "config", "%s wrote more than %d bytes", argv[0], CAPTURE_MAX);
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+            return cxone_fail(L, "config", "cannot run %s (not found or not executable)", argv[0]);
+        if (WIFEXITED(status))
+            return cxone_fail(L, "config", "%s failed (exit status %d)", argv[0], WEXITSTATUS(status));
+        return cxone_fail(L, "config", "%s was killed by signal %d", argv[0], WTERMSIG(status));
+    }
+    lua_pushlstring(L, out, len);
+    OPENSSL_cleanse(out, len);
+    return 1;
+}
+
 void cxone_util_open(lua_State *L)
 {
     static const luaL_Reg fns[] = {
         {"no_core_dumps", l_no_core_dumps},
         {"exec", l_exec},
+        {"file_owner", l_file_owner},
+        {"capture", l_capture},
         {"sha256", l_sha256},
         {"hmac_sha256", l_hmac_sha256},
         {"json_encode", l_json_encode},

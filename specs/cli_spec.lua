@@ -59,7 +59,7 @@ describe("cxone CLI", function()
     it("options are checked: unknown ones, missing values, --format choices (exit 64)", function()
         local code, _, err = cxone({ "plan", "--bogus", "x.lua" })
         assert.equals(64, code)
-        assert.matches("unknown option '--bogus' for plan (it takes --expires, --force, --format, --help, --json, --max-rps, --out) "
+        assert.matches("unknown option '--bogus' for plan (it takes --config, --expires, --force, --format, --help, --json, --max-rps, --out) "
             .. "(see cxone plan --help)", err, 1, true)
         code, _, err = cxone({ "audit", "verify", "--head" })
         assert.equals(64, code)

@@ -39,6 +39,10 @@ describe("argument errors", function()
         { "exec", function() core.exec({}) end },
         { "exec args", function() core.exec("/bin/true", "x") end },
         { "exec arg", function() core.exec("/bin/true", { "a", {} }) end },
+        { "capture", function() core.capture("echo") end },
+        { "capture empty", function() core.capture({}) end },
+        { "capture arg", function() core.capture({ "echo", {} }) end },
+        { "file_owner", function() core.file_owner({}) end },
         { "payload", function() cxone.payload(1, "production", {}) end },
         { "payload tier", function() cxone.payload("a", nil, {}) end },
         { "tiers.new", function() cxone.tiers.new({ { name = 1 } }) end },
@@ -58,6 +62,44 @@ describe("exec", function()
         assert.is_nil(ok)
         assert.equal("system", code)
         assert.matches("cannot run /nonexistent/cxone%-no%-such%-program", msg)
+    end)
+end)
+
+describe("capture", function()
+    it("runs a program without a shell and returns its stdout", function()
+        assert.equal("a b;$HOME\n", core.capture({ "echo", "a b;$HOME" })) -- no shell: nothing expanded
+        assert.equal("", core.capture({ "true" }))
+    end)
+    it("a program that fails, cannot run, says too much or takes too long is a failure (code config)", function()
+        local ok, msg, code = core.capture({ "sh", "-c", "echo secret-CANARY; exit 3" })
+        assert.is_nil(ok)
+        assert.equal("config", code)
+        assert.matches("exit status 3", msg)
+        assert.is_nil(msg:find("secret-CANARY", 1, true)) -- its output is never part of the message
+        ok, msg, code = core.capture({ "/nonexistent/cxone-no-such-program" })
+        assert.is_nil(ok)
+        assert.equal("config", code)
+        assert.matches("cannot run", msg)
+        ok, msg = core.capture({ "head", "-c", "70000", "/dev/zero" })
+        assert.is_nil(ok)
+        assert.matches("more than 65536 bytes", msg)
+        ok, msg = core.capture({ "sleep", "5" }, 0.2)
+        assert.is_nil(ok)
+        assert.matches("did not finish within 0.2 s", msg)
+    end)
+end)
+
+describe("file_owner", function()
+    it("gives the owner, the mode and this process's uid; a missing file is an io failure", function()
+        local path = os.tmpname()
+        os.execute("chmod 640 " .. path)
+        local st = assert(core.file_owner(path))
+        assert.equal(st.self, st.uid)
+        assert.equal(tonumber("640", 8), st.mode)
+        os.remove(path)
+        local ok, _, code = core.file_owner(path)
+        assert.is_nil(ok)
+        assert.equal("io", code)
     end)
 end)
 

@@ -21,6 +21,7 @@ local core = require("cxone.core")
 local reportmod = require("cxone.report")
 local ledgermod = require("cxone.ledger")
 local events = require("cxone.events")
+local policy = require("cxone.policy")
 
 local M = {}
 
@@ -162,7 +163,7 @@ local function record_intents(c, rep, idx, keys)
         local p = rep.plans[i]
         local head, err = events.audit(c, { event = "apply.intent", run_id = rep.run_id, action_id = p.action,
             environment = p.tier.id, tier = p.tier.name, variables = names(rep, i), changes = p.changes,
-            status = "intent" })
+            status = "intent", tenant = policy.tenant(c, p.tier.id) })
         if not head then return nil, "the audit trail does not accept the intent record: " .. tostring(err) end
         if head ~= "" then rep.head = head end
         if p.tier.build and not p.build_owed then
@@ -277,7 +278,7 @@ local function write_chunk(c, rep, chunk, ctx)
         builds = {}
     end
     local bres = batch(c, rep, builds, function(p, i)
-        return { op = "build", action = p.action, idempotency_key = keys[i] }
+        return { op = "build", action = p.action, env = p.tier.id, idempotency_key = keys[i] }
     end, { concurrency = concurrency }, st, "write")
     for _, i in ipairs(builds) do
         local b, o = bres[i], outs[i]
@@ -316,18 +317,30 @@ local function record(c, rep, i, out, keys)
         build_id = out.build_id, build_code = out.build_code,
         build_status = out.build_id and "queued" or (out.build_error and "failed") or nil,
         etag = out.meta and out.meta.etag or nil, reconciled = out.reconciled or nil,
+        tenant = policy.tenant(c, plan.tier.id),
     })
     local l = ledger(c)
     local known = l:get(plan.action, plan.tier.id)
-    -- a write with no masked value, to a target the ledger vouches for nothing on: nothing to record
-    if out.ok and plan.changes > 0 and (next(plan.fingerprints or {}) ~= nil
+    -- a write with no masked value, to a target the ledger vouches for nothing on, outside a
+    -- profile's policy (which needs proof of plain values too): nothing to record
+    if out.ok and plan.changes > 0 and (c.policy or next(plan.fingerprints or {}) ~= nil
                                          or (known and next(known.fp or {}) ~= nil)) then
-        local clear = {}
+        local clear, fp = {}, plan.fingerprints
         for _, e in ipairs(plan.payload.variables) do
             if not e.masked then clear[#clear + 1] = e.name end
         end
+        if c.policy then -- a profile's promoted_from needs proof of plain values written too
+            fp = {}
+            for k, v in pairs(plan.fingerprints or {}) do fp[k] = v end
+            for _, e in ipairs(plan.payload.variables) do
+                if not e.masked then
+                    fp[policy.plain_key(e.name)] = require("cxone.client").fingerprint(c, plan.action, plan.tier.id,
+                        e.name, e.value)
+                end
+            end
+        end
         l:note_write(plan.action, plan.tier.id, { prev = plan.etag, etag = out.meta and out.meta.etag,
-                                                  run = rep.run_id, fp = plan.fingerprints, clear = clear })
+                                                  run = rep.run_id, fp = fp, clear = clear })
     end
     if out.build_error then
         l:note_build_owed(plan.action, plan.tier.id, out.build_key, rep.run_id)
@@ -384,7 +397,8 @@ local function begin_run(c, rep, pend)
     end
     table.sort(list)
     local head, err = events.audit(c, { event = "apply.started", run_id = rep.run_id, steps = #pend,
-                                        variables = list, status = "started", plan = rep.plan_digest })
+                                        variables = list, status = "started", plan = rep.plan_digest,
+                                        override_freeze = rep.override_freeze })
     if not head then return nil, "the audit trail does not accept records: " .. tostring(err) end
     if head ~= "" then rep.head = head end
     return true
@@ -430,6 +444,23 @@ function M.apply_all(c, rep, opts)
     if #pend == 0 then rep.ok = true; return rep end
     if c.dry_run or rep.dry_run then return rep end
     rep.applied = true
+
+    -- tier policy (a profile): freeze windows, and promoted_from again (a saved plan skips the planner)
+    local perr, pcode = policy.freeze(c, rep, pend, opts.override_freeze), "frozen"
+    if not perr then
+        local probs = policy.problems(c, rep)
+        if #probs > 0 then
+            local msgs = {}
+            for k, pr in ipairs(probs) do msgs[k] = ("step %d: %s"):format(pr.index, pr.message) end
+            perr, pcode = "nothing written: " .. table.concat(msgs, "; "), "policy"
+        end
+    end
+    if perr then
+        rep.ok, rep.code, rep.message = false, pcode, perr
+        for _, i in ipairs(pend) do rep:set(i, "not_attempted", { code = "not_attempted" }) end
+        c.counts.not_attempted = c.counts.not_attempted + #pend
+        return rep
+    end
 
     local st = new_stop(c, opts.signals) -- before the first record: a full file fails, never kills
     local ok, err = begin_run(c, rep, pend)

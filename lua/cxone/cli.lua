@@ -21,10 +21,12 @@ commands:
   sim [flags]                    run cxone-sim (flags as the simulator's; --help there)
   repl                           explore interactively: `client` built from CXONE_*, help()
   completion [bash|zsh|fish]     print a shell completion script
+  config check [--config F]      what each tier resolves to (secrets masked); tries a token for each
 
 `cxone help COMMAND` (or `cxone COMMAND --help`) prints a command's help.
 options (every command): --help, --json (machine output on stdout)
   --max-rps N on plan, apply, drift and vars: at most N API requests per second (CXONE_MAX_RPS)
+  --config FILE on plan, apply, drift, vars, config: tenants and tier policy per tier (CXONE_CONFIG)
 exit status: 0 success, 1 error, 2 changes pending (plan) or drift (drift), 64 usage error
   --format text|json|markdown on plan, apply and drift (markdown: tables for a pull-request
   comment or a CI job summary; --json is --format json)
@@ -53,6 +55,8 @@ local HELP = {
         .. "Without a terminal, --yes is required for a playbook.\n"
         .. "--max-read-age SECONDS: against a server without ETags, how long the plan's own read of a\n"
         .. "target stands in for a re-read before writing (default 60; 0: always re-read).\n"
+        .. "--config FILE (or CXONE_CONFIG): each tier's tenant and policy; --override-freeze \"REASON\"\n"
+        .. "applies inside a freeze window the configuration declares (the reason is audited).\n"
         .. "Ctrl-C (or TERM) stops new writes; those in flight finish and are recorded; twice: at once.\n"
         .. "Exit status: 0 applied (or nothing to do), 1 error or conflict, 130 interrupted (143 TERM),\n"
         .. "64 usage.\n",
@@ -147,7 +151,28 @@ function Ctx:show(obj, extra)
     end
 end
 
+-- The profile named by --config or CXONE_CONFIG (never looked for in the working directory):
+-- nil when none is named, false after reporting why it was refused.
+local function profile(ctx)
+    local path = ctx.flags.config_file or os.getenv("CXONE_CONFIG")
+    if path == nil or path == "" then return nil end
+    local prof, err, code = require("cxone.profiles").load(path)
+    if not prof then
+        ctx:fail("configuration refused: " .. tostring(err), code or "config")
+        return false
+    end
+    return prof
+end
+
 local function client(ctx, opts)
+    local prof = profile(ctx)
+    if prof == false then return nil end
+    if prof then
+        local o = {}
+        for k, v in pairs(opts or {}) do o[k] = v end
+        o.profile = prof
+        opts = o
+    end
     if ctx.flags.max_rps then
         local o = {}
         for k, v in pairs(opts or {}) do o[k] = v end
@@ -297,7 +322,8 @@ local function apply_report(ctx, c, rep)
         return 0
     end
     c:apply_all(rep, { on_progress = progress_line(pending, c), signals = { "INT", "TERM" },
-                       max_read_age = ctx.max_read_age })
+                       max_read_age = ctx.max_read_age, override_freeze = ctx.flags.override_freeze })
+    if rep.override_freeze then ctx:err("warning: freeze window overridden (audited): %s", rep.override_freeze) end
     show_warnings(ctx, c)
     ctx:show(rep, { metrics = c:metrics() })
     c:close()
@@ -413,6 +439,12 @@ local function run_playbook(ctx, path, dry)
         ctx:show(rep)
         c:close()
         return pending > 0 and 2 or 0
+    end
+    -- a freeze window refuses before asking (the applier checks again before writing)
+    local frozen = pending > 0 and require("cxone.policy").freeze(c, rep, rep:pending(), ctx.flags.override_freeze)
+    if frozen then
+        c:close()
+        return ctx:fail(frozen, "frozen")
     end
     if pending > 0 and not ctx.flags.yes then
         io.stderr:write(("Apply %d step(s) with changes, exactly as shown? Type 'yes' to confirm: "):format(pending))
@@ -576,6 +608,15 @@ function commands.sim(ctx, args, raw)
     return require("cxone.sim").command(raw) -- exec: the emulator takes this process's place
 end
 
+function commands.config(ctx, args)
+    if args[1] ~= "check" then
+        return ctx:usage(("unknown config subcommand '%s': cxone config check"):format(tostring(args[1])), "config")
+    end
+    local prof = profile(ctx)
+    if prof == false then return 1 end
+    return require("cxone.profiles_check").run(ctx, prof)
+end
+
 function commands.repl()
     local c, err = require("cxone.client").new()
     return require("cxone.repl").main({ client = c, client_error = c == nil and err or nil })
@@ -584,9 +625,10 @@ end
 -- The command line's grammar, on lua-argparse: commands, their options, and the completion
 -- scripts it generates. Help texts stay ours (USAGE, HELP), so `--help` reads the same.
 local COMMANDS = {
-    plan = { "--out", "--force", "--expires", "--format", "--max-rps" },
-    apply = { "--yes", "--format", "--max-rps", "--max-read-age" }, validate = {},
-    drift = { "--format", "--ignore", "--expect-differ", "--strict", "--max-rps" }, vars = { "--max-rps" },
+    plan = { "--out", "--force", "--expires", "--format", "--max-rps", "--config" },
+    apply = { "--yes", "--format", "--max-rps", "--max-read-age", "--config", "--override-freeze" }, validate = {},
+    drift = { "--format", "--ignore", "--expect-differ", "--strict", "--max-rps", "--config" },
+    vars = { "--max-rps", "--config" }, config = { "--config" },
     audit = { "--head", "--after" }, sim = false, repl = {}, completion = {}, help = {},
 }
 local OPTION = {
@@ -603,13 +645,17 @@ local OPTION = {
     ["--ignore"] = { "--ignore", "never count this variable as drift (repeatable)", arg = "NAME", many = true },
     ["--expect-differ"] = { "--expect-differ", "this variable may differ (repeatable)", arg = "NAME", many = true },
     ["--strict"] = { "--strict", "values only our ledger vouches for are unverifiable", flag = true },
+    ["--config"] = { "--config", "the configuration: tenants and tier policy (CXONE_CONFIG)", arg = "FILE",
+        target = "config_file" }, -- (not `config`: the command of that name sets it)
+    ["--override-freeze"] = { "--override-freeze", "apply inside a freeze window; the reason is audited",
+        arg = "REASON" },
 }
 -- The positional arguments each command takes: counts allowed, and how they are named.
 local ARITY = {
     plan = { 1, 1, "PLAYBOOK.lua" }, apply = { 1, 1, "PLAYBOOK.lua or PLAN.json" },
     validate = { 1, 1, "FILE.json" }, drift = { 1, 3, "ACTION BASELINE TARGET, or PLAYBOOK.lua", only = { 1, 3 } },
     vars = { 2, 2, "ACTION TIER" }, audit = { 2, math.huge, "verify FILE..." }, repl = { 0, 0, "no argument" },
-    completion = { 0, 1, "[bash|zsh|fish]" }, help = { 0, 1, "[COMMAND]" },
+    completion = { 0, 1, "[bash|zsh|fish]" }, help = { 0, 1, "[COMMAND]" }, config = { 1, 1, "check" },
 }
 
 local function parser()
@@ -638,6 +684,7 @@ local function parser()
                     if spec.choices then opt:choices(spec.choices) end
                     if spec.arg then opt:argname(spec.arg) end
                     if spec.many then opt:count("*") end
+                    if spec.target then opt:target(spec.target) end
                 end
             end
         end
@@ -737,6 +784,11 @@ end
 HELP.completion = "usage: cxone completion [bash|zsh|fish]\n"
     .. "Prints a shell completion script, e.g. `source <(cxone completion bash)`.\n"
 
+HELP.config = "usage: cxone config check [--config FILE] [--json]\n"
+    .. "Shows what each tier resolves to: tenant (base URL, client id), auth flow, where each credential\n"
+    .. "comes from (secrets as ***), rate limit and policy; then asks each tenant for a token.\n"
+    .. "The file is named by --config or CXONE_CONFIG, never found implicitly; without one, the single\n"
+    .. "tenant of the CXONE_* variables. Exit status: 0 every tier works, 1 otherwise, 64 usage.\n"
 HELP.help = "usage: cxone help [COMMAND]\nPrints the list of commands, or a command's help (as cxone COMMAND --help).\n"
 
 -- `cxone help [COMMAND]`.

@@ -64,8 +64,9 @@ M.new_run_id = new_run_id
 -- webhook_url, webhook_secret, state_file (the masked-value ledger, default
 -- `<audit_log>.masked.json`; false: none); plus dry_run, tiers (a list for cxone.tiers.new),
 -- concurrency, max_read_age (seconds a plan's own read of a target without ETags stands in for
--- a re-read before writing; default 60, 0: always re-read), and core options (retries,
--- timeout, debug, ...).
+-- a re-read before writing; default 60, 0: always re-read), profile (from cxone.profiles.load:
+-- one core client per tenant, each tier's requests sent to its tenant, and its tier policy;
+-- the CXONE_* credentials are then not needed), and core options (retries, timeout, debug, ...).
 -- @treturn[1] client
 -- @treturn[2] nil, message naming the missing variable, "config"
 function M.new(opts)
@@ -78,7 +79,15 @@ function M.new(opts)
     for opt, var in pairs(ENV) do
         if cfg[opt] == nil then cfg[opt] = getenv(var) end
     end
-    if not opts.core then
+    -- a profile (cxone.profiles): one core client per tenant, each tier routed to its own
+    local tenancy
+    if cfg.profile and not opts.core then
+        local base, err, code = {}, nil, nil
+        for _, k in ipairs(CORE_OPTS) do base[k] = cfg[k] end
+        tenancy, err, code = require("cxone.tenancy").build(cfg.profile, base, tiers.new(cfg.tiers), cfg)
+        if not tenancy then return nil, err, code end
+    end
+    if not opts.core and not tenancy then
         for _, k in ipairs(REQUIRED) do
             if cfg[k] == nil then
                 return nil, ("missing setting %s: set the %s environment variable (or the %s option)")
@@ -98,7 +107,7 @@ function M.new(opts)
     if cfg.state_file == nil and type(cfg.audit_log) == "string" then
         cfg.state_file = cfg.audit_log .. ".masked.json"
     end
-    local c = opts.core
+    local c = opts.core or (tenancy and tenancy.core)
     if not c then
         local co = {}
         for _, k in ipairs(CORE_OPTS) do co[k] = cfg[k] end
@@ -115,6 +124,8 @@ function M.new(opts)
                    builds = 0, webhooks = 0, webhook_failures = 0, conflicts = 0, reconciled = 0 },
         histogram = metrics.new(),
         warnings = {},
+        tenancy = tenancy,
+        policy = cfg.profile and cfg.profile.tiers or nil,
     }, Client)
     return self
 end
@@ -169,8 +180,10 @@ end
 -- the signature for callers). Fingerprints without the "v2:" prefix (older versions hashed the
 -- action and tier in) never match one of these: such ledger entries count as unknown.
 local FP_LABEL = "cxone-masked-fingerprint/2"
-local function fingerprint(self, action, env, name, value) -- luacheck: ignore action env
-    local key = self.cfg.client_secret or self.cfg.access_key_secret
+local function fingerprint(self, action, env, name, value) -- luacheck: ignore action
+    -- with several tenants, under the key of the tenant that environment lives in
+    local t = self.tenancy and self.tenancy.by_env[env]
+    local key = t and t.secret or self.cfg.client_secret or self.cfg.access_key_secret
     if type(key) ~= "string" or type(name) ~= "string" or type(value) ~= "string" then return nil end
     return "v2:" .. core.hmac_sha256(core.hmac_sha256(key, FP_LABEL), name .. "\0" .. value)
 end

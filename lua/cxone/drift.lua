@@ -57,6 +57,10 @@ local function settle(it, proofs, strict)
         it.note = (not bp and bwhy or twhy) or "masked values cannot be read back"
         return it
     end
+    if bp.tenant ~= tp.tenant then -- keyed by each tenant's secret: not comparable
+        it.note = "the two tiers are in different tenants, whose fingerprints cannot be compared"
+        return it
+    end
     local assumed = bp.basis == "ledger" or tp.basis == "ledger"
     if assumed and strict then
         it.note = "only our ledger vouches for it (no ETags), and --strict was given"
@@ -281,12 +285,13 @@ local function ledger_of(client)
     if not l then
         return nil, ("cannot read the masked-value ledger %s: %s"):format(tostring(path), tostring(err)), "io"
     end
-    return l
+    return ledgermod.scope_for(l, client)
 end
 
 -- A proof function for one environment as read now (its live ETag, or nil).
 local function prover(ledger, action, env, live_etag)
     local e = ledger:get(action, env)
+    local tenant = ledger.scope and ledger.scope(env) -- with a profile: the key's tenant
     return function(name)
         local fp = e and type(e.fp) == "table" and e.fp[name]
         if type(fp) ~= "string" then return nil, "no record of a write of it by us to " .. env end
@@ -294,11 +299,11 @@ local function prover(ledger, action, env, live_etag)
             return nil, "our record of it in " .. env .. " predates comparable fingerprints; apply again to record one"
         end
         if live_etag ~= nil then
-            if e.etag == live_etag then return { fp = fp, basis = "etag" } end
+            if e.etag == live_etag then return { fp = fp, basis = "etag", tenant = tenant } end
             return nil, env .. " changed since our last write (its ETag differs)"
         end
         if e.etag ~= nil then return nil, env .. " sends no ETag now, but did when we wrote" end
-        return { fp = fp, basis = "ledger", run = e.runs and e.runs[name] }
+        return { fp = fp, basis = "ledger", run = e.runs and e.runs[name], tenant = tenant }
     end
 end
 
@@ -440,7 +445,7 @@ function M.playbook(client, book, opts)
                     local e = mine[name]
                     if e then
                         local fp = type(e.value) == "string" and fingerprint(client, s.action, t.id, name, e.value)
-                        if fp then return { fp = fp, basis = "playbook" } end
+                        if fp then return { fp = fp, basis = "playbook", tenant = l.scope and l.scope(t.id) } end
                         return nil, "the playbook's value cannot be fingerprinted (no client secret)"
                     end
                     return base_proof(name)

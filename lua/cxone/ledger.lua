@@ -154,8 +154,26 @@ function Ledger:reload()
     return true
 end
 
+-- The key of an action and environment; with several tenants (a profile), the tenant serving
+-- that environment is part of it (`scope(env)`, its label), so tenants never share entries.
+function Ledger:key(action, env)
+    local s = self.scope and self.scope(env)
+    return s and (key(action, env) .. "@" .. s) or key(action, env)
+end
+
+--- Keys entries by tenant: `scope(env)` gives the label of the tenant serving env (or nil).
+function M.scope_for(l, c)
+    if c and c.tenancy then
+        l.scope = function(env)
+            local t = c.tenancy.by_env[env]
+            return t and t.label or nil
+        end
+    end
+    return l
+end
+
 --- The entry for an action and environment: `{etag=, fp={NAME=fingerprint}, build={key=}}` or nil.
-function Ledger:get(action, env) return self.entries[key(action, env)] end
+function Ledger:get(action, env) return self.entries[self:key(action, env)] end
 
 -- Records an event: folded in memory at once, written with the next flush.
 function Ledger:_event(ev)
@@ -168,7 +186,7 @@ end
 function Ledger:note_write(action, env, info)
     -- without an ETag only this ledger vouches for a masked value later: planning never trusts
     -- such a fingerprint (it re-sends); drift reports it as "assumed equal, written by run ..."
-    self:_event({ k = key(action, env), op = "write", prev = info.prev, etag = info.etag, run = info.run,
+    self:_event({ k = self:key(action, env), op = "write", prev = info.prev, etag = info.etag, run = info.run,
                   fp = info.fp or {}, clear = info.clear or {} })
 end
 
@@ -176,13 +194,13 @@ end
 -- again when the build failed; the next run queues it (with this Idempotency-Key) and says so.
 -- `run` is the run id that owes it.
 function Ledger:note_build_owed(action, env, idem, run)
-    self:_event({ k = key(action, env), op = "build_owed", key = idem, run = run })
+    self:_event({ k = self:key(action, env), op = "build_owed", key = idem, run = run })
 end
 
 --- The owed build happened.
 function Ledger:note_build_done(action, env)
-    local e = self.entries[key(action, env)]
-    if e and e.build then self:_event({ k = key(action, env), op = "build_done" }) end
+    local e = self.entries[self:key(action, env)]
+    if e and e.build then self:_event({ k = self:key(action, env), op = "build_done" }) end
 end
 
 --- Appends the pending events durably (one write).
@@ -260,7 +278,7 @@ function M.for_client(c, reload)
     local path = c.cfg.state_file
     local l, err, code = M.open(type(path) == "string" and path or nil)
     if not l then return nil, err, code end
-    c.ledger = l
+    c.ledger = M.scope_for(l, c)
     return l
 end
 

@@ -219,6 +219,11 @@ function M.plan_all(self, spec)
             end
             progress("planned", i, #steps)
         end
+        -- tier policy (a profile's promoted_from, tiers without a tenant)
+        for _, pr in ipairs(require("cxone.policy").problems(self, rep)) do
+            fail(pr.index, pr.message, "policy")
+            ledger_code = ledger_code or "policy"
+        end
     end
     if #errors > 0 then
         rep.ok = false
