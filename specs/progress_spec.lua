@@ -7,7 +7,7 @@ local json = require("cjson.safe")
 local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2, A3 = D.actions[1], D.actions[2], D.actions[3]
-local write_file, wait_for = simlib.write_file, simlib.wait_for
+local write_file, read_file, wait_for = simlib.write_file, simlib.read_file, simlib.wait_for
 
 local function book(flag, concurrency)
     local steps = {
