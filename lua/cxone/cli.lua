@@ -781,7 +781,17 @@ local function check_options(cmd, list)
                 local msg = ("unknown option '%s' for %s"):format(a, cmd)
                 local near = nearest(name, longs)
                 if near then return msg .. (": did you mean '%s'?"):format(near) end
-                for other, opts in pairs(COMMANDS) do
+                local others = {}
+                for other in pairs(COMMANDS) do others[#others + 1] = other end
+                -- the first command (by name) that takes it, always the same; export and revert
+                -- last (they borrow plan's and apply's options)
+                local late = { export = true, revert = true }
+                table.sort(others, function(a, b)
+                    if late[a] ~= late[b] then return not late[a] end
+                    return a < b
+                end)
+                for _, other in ipairs(others) do
+                    local opts = COMMANDS[other]
                     if other ~= cmd and opts and options_of(other)[name] ~= nil then
                         return msg .. (" (it belongs to cxone %s)"):format(other)
                     end
