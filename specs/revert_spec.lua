@@ -180,6 +180,38 @@ describe("cxone revert", function()
         assert.matches("is not a run id", err, 1, true)
     end)
 
+    it("--out saves the revert as a plan that cxone apply applies, audited as a revert", function()
+        local path = dir .. "/p.lua"
+        write_file(path, ("return { { action = %q, tier = 'staging', variables = { TIMEOUT_MS = '1234', "
+            .. "CRM_API_KEY = { value = env('K'), masked = true } } } }"):format(A1))
+        local before = snapshot(sim:state())
+        local run = apply(with(env, { K = CANARY1 }), path)
+        local keys = { CXONE_REVERT_STAGING_CRM_API_KEY = DEMO_KEYS.CXONE_REVERT_STAGING_CRM_API_KEY }
+        local n = writes(sim)
+        local code, out, err = cxone({ "revert", run, "--out", dir .. "/r.json" }, with(env, keys))
+        assert.equals(2, code, err)
+        assert.equals(n, writes(sim))
+        local text = assert(read_file(dir .. "/r.json"))
+        assert.equals("600", (capture("stat -c %a " .. q(dir .. "/r.json")):gsub("%s+$", "")))
+        assert.falsy((text .. out .. err):find(keys.CXONE_REVERT_STAGING_CRM_API_KEY, 1, true))
+        assert.equals(run, assert(json.decode(text)).revert_of)
+        code, out, err = cxone({ "apply", dir .. "/r.json" }, with(env, keys))
+        assert.equals(0, code, err .. out)
+        assert.equals(before, snapshot(sim:state()))
+        local found = false
+        for _, r in ipairs(audit_records(dir .. "/audit.jsonl")) do
+            if r.event == "apply.started" and r.revert_of == run then found = true end
+        end
+        assert.is_true(found)
+        -- a revert that removes what the run created cannot be saved: it says why
+        write_file(path, ("return { { action = %q, tier = 'staging', variables = { BRAND_NEW = 'x' } } }"):format(A1))
+        run = apply(env, path)
+        code, _, err = cxone({ "revert", run, "--out", dir .. "/r2.json" }, with(env, keys))
+        assert.equals(1, code)
+        assert.matches("PUT of the whole set", err, 1, true)
+        assert.is_nil(read_file(dir .. "/r2.json"))
+    end)
+
     it("asks first: without a terminal it needs --yes", function()
         local path = dir .. "/p.lua"
         write_file(path, ("return { { action = %q, tier = 'production', variables = { TIMEOUT_MS = '1234' } } }"):format(A1))

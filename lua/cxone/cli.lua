@@ -93,7 +93,8 @@ local HELP = {
         .. "fingerprint), variables the run created removed (a PUT of the whole set: every masked value\n"
         .. "of that environment must be supplied the same way). A variable changed since the run is a\n"
         .. "conflict. Shown, confirmed (--yes without a terminal) and applied like any plan, or saved\n"
-        .. "with --out; audited as revert_of the run.\n"
+        .. "with --out for `cxone apply PLAN.json` (not when it removes variables); audited as\n"
+        .. "revert_of the run.\n"
         .. "Exit status: 0 reverted (or nothing to do), 1 error or conflict, 2 changes pending (--out),\n"
         .. "64 usage.\n",
     audit = "usage: cxone audit verify [--head HASH] [--after HASH] [--json] FILE...\n"

@@ -152,6 +152,7 @@ function M.plan(c, doc)
     local read_at = core.monotonic()
     local rep = reportmod.new(planner.new_run_id(), false)
     rep.revert_of = doc.run_id
+    rep.sources = {} -- masked value → the environment variable it came from (for --out)
     local conflicts, missing, wrong = {}, {}, {}
     for i, s in ipairs(steps) do
         local r = got[i]
@@ -206,6 +207,9 @@ function M.plan(c, doc)
                 elseif b.fp and fingerprint(c, s.action, s.environment, name, val) ~= b.fp then
                     wrong[#wrong + 1] = ("%s (%s %s)"):format(envname, where, name)
                 else
+                    if b.masked then rep.sources[val] = envname else
+                        rep.unsaveable = ("%s: %s goes back to a plain value that only the operator supplies"):format(where, name)
+                    end
                     entries[#entries + 1] = { name = name, value = val, masked = b.masked == true,
                         description = v and v.description or default_desc }
                     if b.masked then fps[name] = fingerprint(c, s.action, s.environment, name, val) end
@@ -232,6 +236,7 @@ function M.plan(c, doc)
         if next(removes) then
             -- a PUT replaces the whole set: the variables the run did not touch are sent as they are
             method = "put"
+            rep.unsaveable = ("%s: removing what the run created is a PUT of the whole set"):format(where)
             local cnames = {}
             for name in pairs(cur) do if not s.after[name] then cnames[#cnames + 1] = name end end
             table.sort(cnames)
@@ -247,6 +252,7 @@ function M.plan(c, doc)
                     elseif known and fingerprint(c, s.action, s.environment, name, val) ~= known then
                         wrong[#wrong + 1] = ("%s (%s %s)"):format(envname, where, name)
                     else
+                        rep.sources[val] = envname
                         entries[#entries + 1] = { name = name, value = val, masked = true, description = v.description }
                         fps[name] = fingerprint(c, s.action, s.environment, name, val)
                     end
@@ -296,13 +302,29 @@ function M.command(ctx, ref, h)
     if not ctx.json and not ctx.markdown then
         ctx:out(("Revert of run %s:"):format(doc.run_id))
     end
-    h.show_plans(ctx, rep, false)
     local pending = #rep:pending()
     if ctx.flags.out then
+        -- saved like `cxone plan --out`: applied later with `cxone apply PLAN.json`
+        local planfile = require("cxone.planfile")
+        local ok, terr = planfile.check_target(ctx.flags.out, nil, ctx.flags.force)
+        if not ok then c:close(); return ctx:fail(terr, "invalid") end
+        if rep.unsaveable then
+            c:close()
+            return ctx:fail(("this revert cannot be saved as a plan (%s): apply it with cxone revert %s --yes")
+                :format(rep.unsaveable, ref), "unsupported")
+        end
+        h.show_plans(ctx, rep, false)
+        local digest, saved = planfile.save(ctx.flags.out, rep, { client = c, sources = rep.sources,
+            revert_of = doc.run_id })
         c:close()
-        return ctx:fail("a revert cannot be saved as a plan yet (--out): review it and apply it with cxone revert "
-            .. ref .. " --yes", "unsupported")
+        if not digest then return ctx:fail("cannot save the plan: " .. tostring(saved), "io") end
+        ctx:err("saved the revert of run %s to %s (digest %s, expires %s); apply it with: cxone apply %s",
+            doc.run_id, ctx.flags.out, digest:sub(1, 16), saved.expires, ctx.flags.out)
+        rep.dry_run = true
+        ctx:show(rep)
+        return pending > 0 and 2 or 0
     end
+    h.show_plans(ctx, rep, false)
     if pending > 0 and not ctx.flags.yes then
         if not require("cxone.core").isatty(0) then
             c:close()
