@@ -120,15 +120,15 @@ describe("cxone export", function()
         for _, v in ipairs(book[1].variables) do if v.name == "HOSTILE" then got = v end end
         assert.equals(HOSTILE, got.value)
         assert.equals('d"]]\n")..os.exit(4)..("', got.description)
-        -- and through cxone's own loader too: the same value, no exit
+        -- and through cxone's own loader (cxone plan): the file loads as data (no exit 3 or 4 from
+        -- the values), and the plan round refuses the value's characters, as for any playbook
         local path = dir .. "/h.lua"
         simlib.write_file(path, out)
-        local lcode, lout = simlib.capture(("cd %s && lua5.4 -e %s; echo \"rc=$?\""):format(q(simlib.ROOT),
-            q('package.path="lua/?.lua;lua/?/init.lua;"..package.path; local b = assert(require("cxone.playbook").load('
-                .. ("%q"):format(path) .. ')); for _, v in ipairs(b.steps[1].variables) do if v.name == "HOSTILE" then '
-                .. 'io.write(#v.value, " ") end end'))), nil
-        assert.equals(#HOSTILE .. " rc=0", (lcode:gsub("%s+$", "")))
-        assert.is_nil(lout)
+        local pcode, _, perr = cxone({ "plan", path }, env)
+        assert.equals(1, pcode, perr)
+        assert.matches("HOSTILE", perr, 1, true)
+        assert.matches([[(HOSTILE) value contains " \ ' $, which is not allowed]], perr, 1, true)
+        assert.falsy(perr:find("cannot load playbook", 1, true))
     end)
 
     it("--json gives the same as data, masked entries without a value", function()

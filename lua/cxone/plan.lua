@@ -85,6 +85,8 @@ function Plan:render(opts)
             detail = "*** (masked; current value not visible)"
         elseif it.kind == "unchanged" then
             detail = it.masked and "***" or render.quote(it.new)
+        elseif it.kind == "remove" then
+            detail = (it.old_masked and "***" or render.quote(it.old)) .. " → (removed)"
         else
             local old = it.old_masked and "***" or render.quote(it.old)
             local new = it.masked and "***" or render.quote(it.new)
