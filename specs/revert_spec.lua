@@ -212,6 +212,29 @@ describe("cxone revert", function()
         assert.is_nil(read_file(dir .. "/r2.json"))
     end)
 
+    it("on a terminal, shows the plan and asks; anything but yes writes nothing", function()
+        local path = dir .. "/p.lua"
+        write_file(path, ("return { { action = %q, tier = 'production', variables = { TIMEOUT_MS = '1234' } } }"):format(A1))
+        local before = snapshot(sim:state())
+        local run = apply(env, path)
+        local function pty_revert(answer)
+            local cmd = simlib.with_env(env) .. " python3 " .. q(simlib.ROOT .. "/specs/support/pty_run.py")
+                .. " --expect " .. q("Type 'yes'") .. " --send " .. q(answer .. "\\n") .. " -- "
+                .. simlib.cxone_cmd({ "revert", run }) .. "; echo \"exit=$?\""
+            local out = capture(cmd)
+            return tonumber(out:match("exit=(%d+)%s*$")), out
+        end
+        local n = writes(sim)
+        local code, out = pty_revert("no")
+        assert.equals(1, code, out)
+        assert.matches('"1234" → "2500"', out, 1, true) -- the plan was shown before the question
+        assert.matches("not reverted", out, 1, true)
+        assert.equals(n, writes(sim))
+        code, out = pty_revert("yes")
+        assert.equals(0, code, out)
+        assert.equals(before, snapshot(sim:state()))
+    end)
+
     it("asks first: without a terminal it needs --yes", function()
         local path = dir .. "/p.lua"
         write_file(path, ("return { { action = %q, tier = 'production', variables = { TIMEOUT_MS = '1234' } } }"):format(A1))

@@ -332,7 +332,18 @@ function M.command(ctx, ref, h)
         end
         io.stderr:write(("Revert run %s: apply %d step(s) exactly as shown? Type 'yes' to confirm: ")
             :format(doc.run_id, pending))
-        if io.stdin:read("*l") ~= "yes" then
+        -- Ctrl-C (or TERM) here makes the read return at once: aborted, nothing written
+        core.signal_arm({ "INT", "TERM" }, { restart = false })
+        local answer = io.stdin:read("*l")
+        local nsig, _, signo = core.signal_poll()
+        core.signal_restore()
+        if nsig > 0 then
+            io.stderr:write("\n")
+            ctx:err("aborted, nothing written")
+            c:close()
+            return 128 + signo
+        end
+        if answer ~= "yes" then
             ctx:err("not reverted")
             c:close()
             return 1
