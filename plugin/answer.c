@@ -92,6 +92,16 @@ static int decode_answer(lua_State *L)
     int build = c->op == CX_BUILD;
     char kind = 0, err[160];
     lua_settop(L, 1);
+    if (c->op == CX_LIST) { /* {"actions": [...]} */
+        if (cxone_json_decode_member(L, c->resp.p ? c->resp.p : "", c->resp.len, "actions", &kind, err,
+                                     sizeof err)) {
+            if (kind == '[') return 1;
+            lua_pop(L, 1);
+        }
+        lua_pushfstring(L, "the API answered HTTP %d but not with a JSON object holding an 'actions' array",
+                        (int)c->status);
+        return 1;
+    }
     if (cxone_json_decode_member(L, c->resp.p ? c->resp.p : "", c->resp.len,
                                  build ? "buildId" : "variables", &kind, err, sizeof err)) {
         if (kind == (build ? '"' : '[')) { /* a member means the value is an object */

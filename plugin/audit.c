@@ -466,7 +466,7 @@ static const struct { const char *name; int type; } FIELDS[] = {
     {"build_code", F_STRING}, {"reconciled", F_BOOLEAN}, {"head", F_STRING}, {"message", F_STRING},
     {"applied", F_INTEGER}, {"failed", F_INTEGER}, {"bytes", F_INTEGER}, {"dropped_sha256", F_STRING},
     {"not_attempted", F_INTEGER}, {"unknown", F_INTEGER}, {"signal", F_STRING},
-    {"tenant", F_STRING}, {"override_freeze", F_STRING},
+    {"tenant", F_STRING}, {"override_freeze", F_STRING}, {"revert_of", F_STRING},
     {NULL, 0},
 };
 

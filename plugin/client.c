@@ -242,6 +242,22 @@ static int m_get(lua_State *L)
     return run_one(L, c, &spec);
 }
 
+/***
+ * Lists the actions (`GET /api/v2/integration/actions`: cxone-sim's extension; the API's
+ * contract has no list route, so a real tenant may answer 404, code `not_found`).
+ * @function Client:list_actions
+ * @treturn[1] table {actions = {{id=, name=, environments=}, ...}}
+ * @treturn[1] nil
+ * @treturn[1] table meta
+ * @treturn[2] fail (its meta: Client:last_meta)
+ */
+static int m_list_actions(lua_State *L)
+{
+    client_t *c = check_client(L, 1);
+    cx_spec spec = {.op = CX_LIST};
+    return run_one(L, c, &spec);
+}
+
 static int patch_or_put(lua_State *L, int op)
 {
     client_t *c = check_client(L, 1);
@@ -640,6 +656,7 @@ void cxone_client_open(lua_State *L)
     static const luaL_Reg meth[] = {
         {"authenticate", m_authenticate},
         {"get", m_get},
+        {"list_actions", m_list_actions},
         {"patch", m_patch},
         {"put", m_put},
         {"build", m_build},

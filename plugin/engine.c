@@ -716,6 +716,11 @@ cx_call *cx_call_new(cx_engine *e, const cx_spec *sp, double now)
             if (l && c->nlines < CX_MAX_HEADERS) c->lines[c->nlines++] = l;
             else { free(l); oom = 1; }
         }
+    } else if (sp->op == CX_LIST) {
+        size_t n = strlen(e->cfg.base_url) + 32;
+        c->url = malloc(n);
+        if (c->url) snprintf(c->url, n, "%s/api/v2/integration/actions", e->cfg.base_url);
+        oom |= !c->url;
     } else {
         if (!sp->action || (why = cx_bad_id(sp->action, strlen(sp->action))) != NULL) {
             cx_call_fail_early(e, c, "invalid", "");
@@ -750,7 +755,7 @@ cx_call *cx_call_new(cx_engine *e, const cx_spec *sp, double now)
     oom |= add_line(c, "Accept", "application/json");
     if (sp->op == CX_BUILD) {
         cxone_buf_add(&c->body, "{}", 2);
-    } else if (sp->op != CX_GET) {
+    } else if (sp->op != CX_GET && sp->op != CX_LIST) {
         /* exactly sized once: no reallocation leaves a masked value behind */
         cxone_buf_add(&c->body, sp->body ? sp->body : "", sp->body ? sp->body_len : 0);
         if (!c->body.p) cxone_buf_add(&c->body, "", 0), cxone_buf_cstr(&c->body);
@@ -791,12 +796,13 @@ static void fill_request(const cx_engine *e, cx_call *c, cx_request *rq, double 
     memset(rq, 0, sizeof *rq);
     rq->kind = c->kind;
     rq->url = c->url;
-    rq->method = c->op == CX_GET ? "GET" : c->op == CX_PATCH ? "PATCH" : c->op == CX_PUT ? "PUT" : "POST";
+    rq->method = c->op == CX_GET || c->op == CX_LIST ? "GET"
+                 : c->op == CX_PATCH ? "PATCH" : c->op == CX_PUT ? "PUT" : "POST";
     for (int i = 0; i < c->nlines && rq->nlines < CX_MAX_HEADERS - 2; i++)
         rq->lines[rq->nlines++] = c->lines[i];
     rq->lines[rq->nlines++] = e->ua_line;
     if (c->auth) rq->lines[rq->nlines++] = c->auth;
-    if (c->op != CX_GET) {
+    if (c->op != CX_GET && c->op != CX_LIST) {
         rq->body = c->body.p ? c->body.p : "";
         rq->body_len = c->body.len;
     }

@@ -36,8 +36,9 @@
 #include "scrub.h"
 
 /* What a call does. */
-/* CX_AUTH: a call that only obtains a new token (authenticate). */
-enum { CX_GET = 0, CX_PATCH, CX_PUT, CX_BUILD, CX_WEBHOOK, CX_AUTH };
+/* CX_AUTH: a call that only obtains a new token (authenticate). CX_LIST: GET of the action
+ * list (an emulator extension: the contract has no list route). */
+enum { CX_GET = 0, CX_PATCH, CX_PUT, CX_BUILD, CX_WEBHOOK, CX_AUTH, CX_LIST };
 /* What a request goes to: the API (bearer token), the token endpoint, or a third party. */
 enum { CX_KIND_API = 0, CX_KIND_TOKEN, CX_KIND_WEBHOOK };
 /* What cx_call_next asks of the driver. */

@@ -780,6 +780,22 @@ end
 local function patch_variables(req, params, key) return write_variables(req, params, key, false) end
 local function put_variables(req, params, key) return write_variables(req, params, key, true) end
 
+-- GET /api/v2/integration/actions (an emulator extension: the contract has no list route):
+-- {"actions": [{"id", "name", "environments": [ids]}]}, sorted by id (read scope).
+local function list_actions(req, params, key)
+    local _, verdict = guard(req, key, SCOPE_READ)
+    if verdict then return verdict end
+    local ids = {}
+    for _, id in ipairs(S.action_order) do ids[#ids + 1] = id end
+    table.sort(ids)
+    local list = {}
+    for i, id in ipairs(ids) do
+        list[i] = { id = id, name = S.actions[id].name, environments = arr({ table.unpack(ENV_ORDER) }) }
+    end
+    record(key, 200)
+    return respond(200, { actions = arr(list) })
+end
+
 ---------------------------------------------------------------------------------------------
 -- Builds
 ---------------------------------------------------------------------------------------------
@@ -826,6 +842,8 @@ local ROUTES = {
       methods = { POST = token_route }, allow = "POST" },
     { segs = split_path(VARIABLES), template = VARIABLES,
       methods = { GET = get_variables, PATCH = patch_variables, PUT = put_variables }, allow = "GET, PATCH, PUT" },
+    { segs = split_path("/api/v2/integration/actions"), template = "/api/v2/integration/actions",
+      methods = { GET = list_actions }, allow = "GET" },
     { segs = split_path("/api/v2/integration/actions/{actionId}/build"),
       template = "/api/v2/integration/actions/{actionId}/build",
       methods = { POST = post_build }, allow = "POST" },
@@ -860,6 +878,7 @@ KEY_KIND["PATCH " .. VARIABLES] = "write"
 KEY_KIND["PUT " .. VARIABLES] = "write"
 KEY_KIND["POST /api/v2/integration/actions/{actionId}/build"] = "build"
 KEY_KIND["POST /oauth/token"] = "token"
+KEY_KIND["GET /api/v2/integration/actions"] = "read"
 
 -- The last touch on an API answer: the rate-limit headers of the client's bucket, if guard ran.
 local function finish(req, v)

@@ -235,7 +235,8 @@ local function write_chunk(c, rep, chunk, ctx)
     -- the writes, each conditional on its plan; after a lost answer or 412, re-read
     while #todo > 0 do
         local res = batch(c, rep, todo, function(p)
-            return { op = "patch", action = p.action, env = p.tier.id, payload = p.payload, if_match = p.etag }
+            return { op = p.method == "put" and "put" or "patch", action = p.action, env = p.tier.id,
+                     payload = p.payload, if_match = p.etag }
         end, { concurrency = concurrency, stop_on_failure = true }, st, "write")
         local failed, skipped = {}, {}
         for _, i in ipairs(todo) do
@@ -317,9 +318,12 @@ local function record(c, rep, i, out, keys)
         build_id = out.build_id, build_code = out.build_code,
         build_status = out.build_id and "queued" or (out.build_error and "failed") or nil,
         etag = out.meta and out.meta.etag or nil, reconciled = out.reconciled or nil,
-        tenant = policy.tenant(c, plan.tier.id),
+        tenant = policy.tenant(c, plan.tier.id), revert_of = rep.revert_of,
     })
     local l = ledger(c)
+    if out.ok and plan.changes > 0 then
+        require("cxone.revert").note(c, rep, plan, out) -- the before-state a revert needs (ledger not yet updated)
+    end
     local known = l:get(plan.action, plan.tier.id)
     -- a write with no masked value, to a target the ledger vouches for nothing on, outside a
     -- profile's policy (which needs proof of plain values too): nothing to record
@@ -398,7 +402,7 @@ local function begin_run(c, rep, pend)
     table.sort(list)
     local head, err = events.audit(c, { event = "apply.started", run_id = rep.run_id, steps = #pend,
                                         variables = list, status = "started", plan = rep.plan_digest,
-                                        override_freeze = rep.override_freeze })
+                                        override_freeze = rep.override_freeze, revert_of = rep.revert_of })
     if not head then return nil, "the audit trail does not accept records: " .. tostring(err) end
     if head ~= "" then rep.head = head end
     return true
@@ -429,6 +433,8 @@ local function end_run(c, rep, pend, st)
     local ok, lerr = l:flush()
     if ok and l.appended then ok, lerr = l:compact() end -- (a run that recorded nothing leaves it)
     if not ok then rep.ledger_error = lerr end
+    local rok, rerr = require("cxone.revert").save(c, rep)
+    if not rok then events.warn(c, tostring(rerr) .. ": this run cannot be reverted with cxone revert") end
 end
 
 --- Applies exactly the plans of a report (see `cxone.client`'s `apply_all`).

@@ -17,6 +17,8 @@ commands:
   drift ACTION BASELINE TARGET   compare two tiers of an action (exit 0 none, 2 drift, 1 error)
   drift PLAYBOOK.lua             is every step's target what the playbook would produce?
   vars ACTION TIER               list an environment's variables (masked values as ***)
+  export [ACTION...] [--tier T]  write a playbook that reproduces what is deployed (--out FILE)
+  revert RUN_ID|PLAN.json        plan (and apply) the inverse of what an applied run wrote
   audit verify FILE...           verify an audit trail's chain (--head/--after HASH)
   sim [flags]                    run cxone-sim (flags as the simulator's; --help there)
   repl                           explore interactively: `client` built from CXONE_*, help()
@@ -80,6 +82,25 @@ local HELP = {
         .. "Exit status: 0 no drift, 2 drift, 1 error, 64 usage.\n",
     vars = "usage: cxone vars ACTION TIER [--json]\nLists the variables (masked values as ***).\n"
         .. "Exit status: 0 listed, 1 error, 64 usage.\n",
+    export = "usage: cxone export [ACTION...] [--tier TIER]... [--out FILE [--force]] [--baselines] [--json]\n"
+        .. "Reads the actions (every action the server lists when none is given; a server without\n"
+        .. "the list route needs the ids) in the tiers (default: all) and writes a playbook that\n"
+        .. "reproduces them: plain values as literals, masked ones as { masked = true, keep = true }\n"
+        .. "(must exist, keep the current value; never the value). --baselines: a tier holding every\n"
+        .. "variable of the tier before it gets it as baseline and lists only what differs.\n"
+        .. "`cxone plan` of the result on the same tenant shows 0 changes.\n"
+        .. "Exit status: 0 written, 1 error, 64 usage.\n",
+    revert = "usage: cxone revert RUN_ID|PLAN.json [--yes] [--out PLAN.json [--force]] [--json]\n"
+        .. "Plans the inverse of what an applied run wrote (a saved plan: the run that applied it), from\n"
+        .. "the before-state apply kept in <ledger>.runs/RUN_ID.json: plain variables back to their\n"
+        .. "values, masked ones to the value in CXONE_REVERT_<ENV>_<NAME> (checked against the recorded\n"
+        .. "fingerprint), variables the run created removed (a PUT of the whole set: every masked value\n"
+        .. "of that environment must be supplied the same way). A variable changed since the run is a\n"
+        .. "conflict. Shown, confirmed (--yes without a terminal) and applied like any plan, or saved\n"
+        .. "with --out for `cxone apply PLAN.json` (not when it removes variables); audited as\n"
+        .. "revert_of the run.\n"
+        .. "Exit status: 0 reverted (or nothing to do), 1 error or conflict, 2 changes pending (--out),\n"
+        .. "64 usage.\n",
     audit = "usage: cxone audit verify [--head HASH] [--after HASH] [--json] FILE...\n"
         .. "Verifies a trail's chain; give rotated files oldest first. --head: the trail must end at\n"
         .. "HASH (a cut tail fails); --after: it continues from HASH (else it must start at seq 1).\n"
@@ -600,6 +621,62 @@ function commands.vars(ctx, args)
     return 0
 end
 
+-- `cxone export [ACTION...] [--tier T]... [--out FILE] [--baselines]`
+function commands.export(ctx, args)
+    local exp = require("cxone.export")
+    local out = ctx.flags.out
+    if out and not ctx.flags.force then
+        local f = io.open(out, "rb")
+        if f then
+            f:close()
+            return ctx:fail(out .. " exists: cxone export never replaces a file without --force", "invalid")
+        end
+    end
+    local c = client(ctx)
+    if not c then return 1 end
+    local ids = args
+    if #ids == 0 then
+        local list, lerr, lcode = exp.list_actions(c)
+        if not list then
+            c:close()
+            return ctx:fail(lerr, lcode)
+        end
+        ids = list
+    end
+    local doc, err, code = exp.collect(c, ids, ctx.flags.tier, { baselines = ctx.flags.baselines == true })
+    if not doc then
+        local a, env = tostring(err):match("^GET (%S+) (%S+): ")
+        if a then err = hint(c, code, err, a, env) end
+        c:close()
+        return ctx:fail(err, code)
+    end
+    c:close()
+    local text = exp.render(doc)
+    if out then
+        local tmp = out .. ".tmp"
+        local f, ferr = io.open(tmp, "wb")
+        local ok = f and f:write(text) and f:close()
+        if not ok or not os.rename(tmp, out) then
+            os.remove(tmp)
+            return ctx:fail("cannot write " .. out .. ": " .. tostring(ferr or "write failed"), "io")
+        end
+        ctx:err("wrote %d step(s) to %s; check it with: cxone plan %s", #doc.steps, out, out)
+    end
+    if ctx.json then
+        doc.ok = true
+        ctx:emit(doc)
+    elseif not out then
+        io.stdout:write(text)
+    end
+    return 0
+end
+
+function commands.revert(ctx, args)
+    return require("cxone.revert").command(ctx, args[1], {
+        client = client, show_plans = show_plans, apply_report = apply_report,
+        preflight_message = preflight_message })
+end
+
 function commands.audit(ctx, args)
     return require("cxone.audit").command(ctx, args)
 end
@@ -629,7 +706,10 @@ local COMMANDS = {
     apply = { "--yes", "--format", "--max-rps", "--max-read-age", "--config", "--override-freeze" }, validate = {},
     drift = { "--format", "--ignore", "--expect-differ", "--strict", "--max-rps", "--config" },
     vars = { "--max-rps", "--config" }, config = { "--config" },
-    audit = { "--head", "--after" }, sim = false, repl = {}, completion = {}, help = {},
+    audit = { "--head", "--after" }, sim = false,
+    export = { "--tier", "--out", "--force", "--baselines", "--max-rps", "--config" },
+    revert = { "--yes", "--out", "--force", "--format", "--max-rps", "--config" }, repl = {}, completion = {},
+    help = {},
 }
 local OPTION = {
     ["--out"] = { "--out", "save the plan for `cxone apply PLAN.json`", arg = "PLAN.json" },
@@ -644,6 +724,8 @@ local OPTION = {
     ["--after"] = { "--after", "the hash the trail continues from", arg = "HASH" },
     ["--ignore"] = { "--ignore", "never count this variable as drift (repeatable)", arg = "NAME", many = true },
     ["--expect-differ"] = { "--expect-differ", "this variable may differ (repeatable)", arg = "NAME", many = true },
+    ["--tier"] = { "--tier", "export this tier (repeatable; default: every tier)", arg = "TIER", many = true },
+    ["--baselines"] = { "--baselines", "infer baselines: list only what differs from the tier before", flag = true },
     ["--strict"] = { "--strict", "values only our ledger vouches for are unverifiable", flag = true },
     ["--config"] = { "--config", "the configuration: tenants and tier policy (CXONE_CONFIG)", arg = "FILE",
         target = "config_file" }, -- (not `config`: the command of that name sets it)
@@ -656,6 +738,7 @@ local ARITY = {
     validate = { 1, 1, "FILE.json" }, drift = { 1, 3, "ACTION BASELINE TARGET, or PLAYBOOK.lua", only = { 1, 3 } },
     vars = { 2, 2, "ACTION TIER" }, audit = { 2, math.huge, "verify FILE..." }, repl = { 0, 0, "no argument" },
     completion = { 0, 1, "[bash|zsh|fish]" }, help = { 0, 1, "[COMMAND]" }, config = { 1, 1, "check" },
+    export = { 0, math.huge, "[ACTION...]" }, revert = { 1, 1, "RUN_ID or PLAN.json" },
 }
 
 local function parser()
@@ -749,7 +832,17 @@ local function check_options(cmd, list)
                 local msg = ("unknown option '%s' for %s"):format(a, cmd)
                 local near = nearest(name, longs)
                 if near then return msg .. (": did you mean '%s'?"):format(near) end
-                for other, opts in pairs(COMMANDS) do
+                local others = {}
+                for other in pairs(COMMANDS) do others[#others + 1] = other end
+                -- the first command (by name) that takes it, always the same; export and revert
+                -- last (they borrow plan's and apply's options)
+                local late = { export = true, revert = true }
+                table.sort(others, function(a, b)
+                    if late[a] ~= late[b] then return not late[a] end
+                    return a < b
+                end)
+                for _, other in ipairs(others) do
+                    local opts = COMMANDS[other]
                     if other ~= cmd and opts and options_of(other)[name] ~= nil then
                         return msg .. (" (it belongs to cxone %s)"):format(other)
                     end

@@ -414,10 +414,13 @@ function M.playbook(client, book, opts)
             end
         end
         local entries = payload.entries(s.variables, t.id)
-        local desired, step_names, mine = {}, {}, {}
+        local desired, step_names, mine, keeps = {}, {}, {}, {}
         for _, e in ipairs(entries) do
             step_names[e.name] = true
             mine[e.name] = e
+            -- { masked = true, keep = true }: any current value is the playbook's (still drift when
+            -- missing or unmasked)
+            if e.keep == true then keeps[#keeps + 1] = e.name end
         end
         if b then
             for _, v in ipairs(br.result.variables or {}) do
@@ -438,7 +441,7 @@ function M.playbook(client, book, opts)
             baseline = b and (b.name .. " + playbook") or "playbook", target = t.name, action = s.action,
             tier = t.name, step = i }, {
             ignore = merged(opts.ignore, book_lists.ignore, step_lists.ignore),
-            expect_differ = merged(opts.expect_differ, book_lists.expect_differ, step_lists.expect_differ),
+            expect_differ = merged(opts.expect_differ, book_lists.expect_differ, step_lists.expect_differ, keeps),
             strict = opts.strict,
             proofs = {
                 baseline = function(name)

@@ -56,13 +56,13 @@ function Plan:names()
     return out
 end
 
-local SYM = { add = "+", change = "~", unchanged = "=", set = "*" }
-local COL = { add = "green", change = "yellow", unchanged = "dim", set = "magenta" }
+local SYM = { add = "+", change = "~", unchanged = "=", set = "*", remove = "-" }
+local COL = { add = "green", change = "yellow", unchanged = "dim", set = "magenta", remove = "red" }
 
 function Plan:summary()
     local c = self.counts
-    return ("Plan: %d to add, %d to change, %d to set (masked), %d unchanged."):format(
-        c.add, c.change, c.set, c.unchanged)
+    return ("Plan: %d to add, %d to change, %d to set (masked), %d unchanged%s."):format(
+        c.add, c.change, c.set, c.unchanged, (c.remove or 0) > 0 and (", %d to remove"):format(c.remove) or "")
 end
 
 --- Renders like `terraform plan`; opts.color for ANSI colours, opts.drift = false to leave
@@ -85,6 +85,8 @@ function Plan:render(opts)
             detail = "*** (masked; current value not visible)"
         elseif it.kind == "unchanged" then
             detail = it.masked and "***" or render.quote(it.new)
+        elseif it.kind == "remove" then
+            detail = (it.old_masked and "***" or render.quote(it.old)) .. " → (removed)"
         else
             local old = it.old_masked and "***" or render.quote(it.old)
             local new = it.masked and "***" or render.quote(it.new)

@@ -226,6 +226,7 @@ function M.save(path, rep, opts)
         expires = iso(now + ttl), expires_at = now + ttl, key = source,
         playbook = opts.playbook, base_url = c.cfg.base_url, client_id = c.cfg.client_id,
         concurrency = rep.concurrency, steps = {},
+        revert_of = opts.revert_of, -- cxone revert --out: the run this plan puts back (sealed)
     }
     local problems = {}
     for i = 1, #rep.steps do
@@ -369,6 +370,7 @@ function M.load(path, c)
     end
     local rep = reportmod.new(require("cxone.client").new_run_id(), false)
     rep.plan_file, rep.plan_id, rep.plan_digest = path, doc.plan_id, doc.mac
+    if type(doc.revert_of) == "string" then rep.revert_of = doc.revert_of end
     if type(doc.concurrency) == "number" and doc.concurrency >= 1 then rep.concurrency = math.floor(doc.concurrency) end
     for i, d in ipairs(doc.steps) do
         local bad = check_shape(d)

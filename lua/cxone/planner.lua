@@ -46,11 +46,25 @@ end
 -- Builds the plan of a checked step from what was read: the target's answer and meta, and the
 -- baseline's answer (or nil).
 local function make_plan(self, step, tier, base, target, meta, bvars)
-    local pl = payload.build(step.action, tier.id, step.variables)
+    -- `{ masked = true, keep = true }` entries (cxone export): must exist masked, never written
+    local keeps, rest = {}, {}
+    for _, e in ipairs(payload.entries(step.variables, tier.id)) do
+        if type(e) == "table" and e.keep == true then keeps[#keeps + 1] = e else rest[#rest + 1] = e end
+    end
+    local pl = payload.build(step.action, tier.id, #keeps > 0 and rest or step.variables)
     local ok, violations = validate.check(pl, { tiers = self.tiers, existing = names_of(target.variables) })
     if not ok then return nil, tostring(violations), "invalid" end
 
     local current = index_by_name(target.variables)
+    local missing = {}
+    for _, e in ipairs(keeps) do
+        local cur = current[e.name]
+        if not (cur and cur.masked == true) then missing[#missing + 1] = tostring(e.name) end
+    end
+    if #missing > 0 then
+        return nil, ("%s must exist as masked variable(s) on %s (keep = true keeps a current value; "
+            .. "there is none to keep): give a value instead"):format(table.concat(missing, ", "), tier.id), "invalid"
+    end
     local known = ledgermod.for_client(self):get(step.action, tier.id)
     if not (known and meta.etag ~= nil and known.etag == meta.etag and type(known.fp) == "table") then known = nil end
     local fingerprints, items, send, before = {}, {}, {}, {}
@@ -100,6 +114,12 @@ local function make_plan(self, step, tier, base, target, meta, bvars)
                                        value = (not cur.masked) and cur.value or nil }
                 or { present = false }
         end
+    end
+
+    for _, e in ipairs(keeps) do
+        counts.unchanged = counts.unchanged + 1
+        items[#items + 1] = { name = e.name, kind = "unchanged", masked = true, old = "***", old_masked = true,
+                              new = "***", keep = true }
     end
 
     local report

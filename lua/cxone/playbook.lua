@@ -11,7 +11,7 @@ local M = {}
 
 local STEP_KEYS = { action = true, tier = true, baseline = true, variables = true, drift = true }
 local BOOK_KEYS = { steps = true, concurrency = true, drift = true }
-local ENTRY_KEYS = { name = true, value = true, masked = true, description = true }
+local ENTRY_KEYS = { name = true, value = true, masked = true, description = true, keep = true }
 local DRIFT_KEYS = { ignore = true, expect_differ = true }
 
 -- What env(NAME) gives for an unset variable without a default: a marker naming it, so that
@@ -160,11 +160,20 @@ local function check_variables(vars)
         if type(v) == "table" then
             for key in pairs(v) do
                 if not ENTRY_KEYS[key] then
-                    return ("%s has an unknown key %q (name, value, masked, description)"):format(where, tostring(key))
+                    return ("%s has an unknown key %q (name, value, masked, description, keep)"):format(where, tostring(key))
                 end
             end
             if v.masked ~= nil and type(v.masked) ~= "boolean" then
                 return ("%s.masked must be true or false, got %s"):format(where, type(v.masked))
+            end
+            -- { masked = true, keep = true }: must exist masked, keep its current value (cxone export)
+            if v.keep ~= nil then
+                if v.keep ~= true then
+                    return ("%s.keep must be true (a masked variable kept as it is), got %s"):format(where, tostring(v.keep))
+                end
+                if v.masked ~= true then return where .. ": keep = true needs masked = true" end
+                if v.value ~= nil then return where .. ": keep = true takes no value (the current one is kept)" end
+                if v.description ~= nil then return where .. ": keep = true takes no description" end
             end
         elseif type(v) ~= "string" then
             return ("%s must be a string or a table {value = , masked = }, got %s"):format(where, type(v))

@@ -343,8 +343,35 @@ static void test_bad_input_fails_early(void)
     cx_engine_free(e);
 }
 
+/* CX_LIST: a GET of the action list (no ids, no body), retried as any read. */
+static void test_list_actions_request(void)
+{
+    cx_config cfg = config();
+    cx_engine *e = cx_engine_new(&cfg);
+    double t = 0;
+    cx_spec s = {.op = CX_LIST};
+    cx_call *c = cx_call_new(e, &s, t);
+    cx_request rq;
+    int api = 0, guard = 0;
+    for (int r; (r = cx_call_next(e, c, t, &rq)) != CX_DONE && ++guard < 100;) {
+        if (r == CX_WAIT) { t = rq.wake; continue; }
+        if (rq.kind == CX_KIND_TOKEN) { answer(e, c, t + 0.01, &TOKEN_OK); continue; }
+        api++;
+        CHECK(strcmp(rq.method, "GET") == 0);
+        size_t n = strlen(rq.url), k = strlen("/api/v2/integration/actions");
+        CHECK(n > k && strcmp(rq.url + n - k, "/api/v2/integration/actions") == 0);
+        CHECK(rq.body == NULL && rq.body_len == 0);
+        script_t busy = {503, 0, "{}", 0, 0, 0, 0}, ok = {200, 0, "{\"actions\":[]}", 0, 0, 0, 0};
+        answer(e, c, t + 0.01, api == 1 ? &busy : &ok);
+    }
+    CHECK(api == 2 && cx_call_ok(c) && c->attempts == 2);
+    cx_call_free(e, c);
+    cx_engine_free(e);
+}
+
 int main(void)
 {
+    test_list_actions_request();
     test_plain_get_and_token_reuse();
     test_401_refreshes_once();
     test_retry_then_success_within_deadline();
