@@ -218,3 +218,34 @@ int cxone_push_outcome(lua_State *L, cx_engine *e, cx_call *c, int res)
     if (tmp) lua_remove(L, tmp);
     return ok;
 }
+
+void cxone_push_stats(lua_State *L, cx_engine *e, double connections)
+{
+    const cx_stats *s = cx_engine_stats(e);
+    lua_createtable(L, 0, 12);
+#define F(name)                                 \
+    lua_pushinteger(L, (lua_Integer)s->name);   \
+    lua_setfield(L, -2, #name)
+    F(requests);
+    F(attempts);
+    F(retries);
+    F(token_requests);
+    F(successes);
+    F(failures);
+    F(rate_limited);
+#undef F
+    lua_pushinteger(L, (lua_Integer)connections);
+    lua_setfield(L, -2, "connections");
+    lua_pushnumber(L, s->latency_ms_total);
+    lua_setfield(L, -2, "latency_ms_total");
+    lua_pushnumber(L, s->paced_s);
+    lua_setfield(L, -2, "paced_s");
+    lua_pushnumber(L, cx_pacer_rate(cx_engine_pacer(e)));
+    lua_setfield(L, -2, "rate");
+    lua_createtable(L, CX_HIST_BUCKETS, 0);
+    for (int i = 0; i < CX_HIST_BUCKETS; i++) {
+        lua_pushinteger(L, (lua_Integer)s->hist[i]);
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_setfield(L, -2, "latency_buckets");
+}

@@ -24,4 +24,11 @@ void cxone_push_meta(lua_State *L, const cx_call *c);
  * res (0: read it now with cxone_read_answer; webhooks: true). */
 int cxone_push_outcome(lua_State *L, cx_engine *e, cx_call *c, int res);
 
+/* Pushes the engine's counters as one table (the same fields for every binding):
+ * requests, attempts, retries, token_requests, successes, failures, rate_limited, connections
+ * (the driver's count, given), latency_ms_total, paced_s, rate (requests/s, 0: none) and
+ * latency_buckets (calls by latency: bucket i counts calls of at most 2^(i-1) ms, the last one
+ * the rest). */
+void cxone_push_stats(lua_State *L, cx_engine *e, double connections);
+
 #endif

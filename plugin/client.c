@@ -542,33 +542,7 @@ static int m_batch(lua_State *L)
 static int m_stats(lua_State *L)
 {
     client_t *c = check_client(L, 1);
-    const cx_stats *s = cx_engine_stats(c->e);
-    lua_createtable(L, 0, 12);
-#define F(name)                                 \
-    lua_pushinteger(L, (lua_Integer)s->name);   \
-    lua_setfield(L, -2, #name)
-    F(requests);
-    F(attempts);
-    F(retries);
-    F(token_requests);
-    F(successes);
-    F(failures);
-    F(rate_limited);
-#undef F
-    lua_pushinteger(L, (lua_Integer)cx_curl_connections(c->d));
-    lua_setfield(L, -2, "connections");
-    lua_pushnumber(L, s->latency_ms_total);
-    lua_setfield(L, -2, "latency_ms_total");
-    lua_pushnumber(L, s->paced_s);
-    lua_setfield(L, -2, "paced_s");
-    lua_pushnumber(L, cx_pacer_rate(cx_engine_pacer(c->e)));
-    lua_setfield(L, -2, "rate");
-    lua_createtable(L, CX_HIST_BUCKETS, 0);
-    for (int i = 0; i < CX_HIST_BUCKETS; i++) {
-        lua_pushinteger(L, (lua_Integer)s->hist[i]);
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, -2, "latency_buckets");
+    cxone_push_stats(L, c->e, cx_curl_connections(c->d));
     return 1;
 }
 

@@ -704,40 +704,16 @@ static int m_token_key(lua_State *L)
 /* ---- introspection ---- */
 
 /***
- * Counters since the engine was created: `Client:stats()`'s fields, plus `rate_limited` (429
- * answers), `paced_s` (seconds calls were held back by the rate limiter) and `latency_hist`
- * (calls by latency: bucket i counts calls of at most 2^(i-1) ms, the last one the rest).
+ * Counters since the engine was created: `Client:stats()`'s fields (connections 0: a driver
+ * counts its own), among them `rate_limited` (429 answers), `paced_s` (seconds calls were held
+ * back by the rate limiter), `rate` and `latency_buckets`.
  * @function Engine:stats
  * @treturn table
  */
 static int m_stats(lua_State *L)
 {
     engine_ud *u = check_engine(L, 1);
-    const cx_stats *s = cx_engine_stats(u->eng->e);
-    lua_createtable(L, 0, 12);
-#define F(name)                                  \
-    lua_pushinteger(L, (lua_Integer)s->name);    \
-    lua_setfield(L, -2, #name)
-    F(requests);
-    F(attempts);
-    F(retries);
-    F(token_requests);
-    F(successes);
-    F(failures);
-    F(rate_limited);
-#undef F
-    lua_pushinteger(L, 0);
-    lua_setfield(L, -2, "connections"); /* the driver's business: it adds its own */
-    lua_pushnumber(L, s->latency_ms_total);
-    lua_setfield(L, -2, "latency_ms_total");
-    lua_pushnumber(L, s->paced_s);
-    lua_setfield(L, -2, "paced_s");
-    lua_createtable(L, CX_HIST_BUCKETS, 0);
-    for (int i = 0; i < CX_HIST_BUCKETS; i++) {
-        lua_pushinteger(L, (lua_Integer)s->hist[i]);
-        lua_rawseti(L, -2, i + 1);
-    }
-    lua_setfield(L, -2, "latency_hist");
+    cxone_push_stats(L, u->eng->e, 0); /* connections: the driver's business, it adds its own */
     return 1;
 }
 
