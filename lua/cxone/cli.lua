@@ -357,6 +357,32 @@ local function apply_report(ctx, c, rep)
 end
 
 -- `cxone apply PLAN.json`: the saved plan, exactly, without asking (it was reviewed).
+-- Asks on the terminal to go on: nil when the operator typed yes (rep.prompted set: targets
+-- without ETags are re-read before writing), else the exit status (the client closed): 1 when
+-- declined, 128 + the signal when Ctrl-C (or TERM) made the read return: aborted, nothing written.
+local function confirm(ctx, c, rep, question, declined)
+    local core = require("cxone.core")
+    io.stderr:write(question .. " Type 'yes' to confirm: ")
+    core.signal_arm({ "INT", "TERM" }, { restart = false })
+    local answer = io.stdin:read("*l")
+    local nsig, _, signo = core.signal_poll()
+    core.signal_restore()
+    if nsig > 0 then
+        io.stderr:write("\n")
+        ctx:err("aborted, nothing written")
+        if ctx.json then ctx:emit({ ok = false, error = "aborted, nothing written", code = "interrupted" }) end
+        c:close()
+        return 128 + signo
+    end
+    if answer ~= "yes" then
+        ctx:err("%s", declined)
+        c:close()
+        return 1
+    end
+    rep.prompted = true
+    return nil
+end
+
 local function apply_saved(ctx, path)
     local c = client(ctx)
     if not c then return 1 end
@@ -468,25 +494,9 @@ local function run_playbook(ctx, path, dry)
         return ctx:fail(frozen, "frozen")
     end
     if pending > 0 and not ctx.flags.yes then
-        io.stderr:write(("Apply %d step(s) with changes, exactly as shown? Type 'yes' to confirm: "):format(pending))
-        -- Ctrl-C (or TERM) here makes the read return at once: aborted, nothing written
-        core.signal_arm({ "INT", "TERM" }, { restart = false })
-        local answer = io.stdin:read("*l")
-        local nsig, _, signo = core.signal_poll()
-        core.signal_restore()
-        if nsig > 0 then
-            io.stderr:write("\n")
-            ctx:err("aborted, nothing written")
-            if ctx.json then ctx:emit({ ok = false, error = "aborted, nothing written", code = "interrupted" }) end
-            c:close()
-            return 128 + signo
-        end
-        if answer ~= "yes" then
-            ctx:err("not applied")
-            c:close()
-            return 1
-        end
-        rep.prompted = true -- targets without ETags are re-read before writing
+        local status = confirm(ctx, c, rep, ("Apply %d step(s) with changes, exactly as shown?"):format(pending),
+            "not applied")
+        if status then return status end
     end
     return apply_report(ctx, c, rep)
 end
@@ -673,7 +683,7 @@ end
 
 function commands.revert(ctx, args)
     return require("cxone.revert").command(ctx, args[1], {
-        client = client, show_plans = show_plans, apply_report = apply_report,
+        client = client, show_plans = show_plans, apply_report = apply_report, confirm = confirm,
         preflight_message = preflight_message })
 end
 

@@ -330,25 +330,9 @@ function M.command(ctx, ref, h)
             c:close()
             return ctx:fail("refusing to revert without a terminal to confirm on: pass --yes", "refused")
         end
-        io.stderr:write(("Revert run %s: apply %d step(s) exactly as shown? Type 'yes' to confirm: ")
-            :format(doc.run_id, pending))
-        -- Ctrl-C (or TERM) here makes the read return at once: aborted, nothing written
-        core.signal_arm({ "INT", "TERM" }, { restart = false })
-        local answer = io.stdin:read("*l")
-        local nsig, _, signo = core.signal_poll()
-        core.signal_restore()
-        if nsig > 0 then
-            io.stderr:write("\n")
-            ctx:err("aborted, nothing written")
-            c:close()
-            return 128 + signo
-        end
-        if answer ~= "yes" then
-            ctx:err("not reverted")
-            c:close()
-            return 1
-        end
-        rep.prompted = true
+        local status = h.confirm(ctx, c, rep, ("Revert run %s: apply %d step(s) exactly as shown?")
+            :format(doc.run_id, pending), "not reverted")
+        if status then return status end
     end
     return h.apply_report(ctx, c, rep)
 end
