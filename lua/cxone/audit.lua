@@ -11,9 +11,7 @@ local HASH_PATTERN = "^" .. ("%x"):rep(64) .. "$"
 
 --- The trail's key from the environment: CXONE_AUDIT_KEY, or nil when unset or empty.
 function M.env_key()
-    local k = os.getenv("CXONE_AUDIT_KEY")
-    if k == nil or k == "" then return nil end
-    return k
+    return require("cxone.env").get("audit_key")
 end
 
 local function with_key(opts)
@@ -27,7 +25,7 @@ end
 --- Opens a trail (see core.audit_open); default path from CXONE_AUDIT_LOG or cxone_audit.jsonl,
 -- default key from CXONE_AUDIT_KEY (`key = false`: none).
 function M.open(path, opts)
-    path = path or os.getenv("CXONE_AUDIT_LOG") or "cxone_audit.jsonl"
+    path = path or require("cxone.env").get("audit_log") or "cxone_audit.jsonl"
     return core.audit_open(path, with_key(opts))
 end
 

@@ -175,7 +175,7 @@ end
 -- The profile named by --config or CXONE_CONFIG (never looked for in the working directory):
 -- nil when none is named, false after reporting why it was refused.
 local function profile(ctx)
-    local path = ctx.flags.config_file or os.getenv("CXONE_CONFIG")
+    local path = ctx.flags.config_file or require("cxone.env").get("config")
     if path == nil or path == "" then return nil end
     local prof, err, code = require("cxone.profiles").load(path)
     if not prof then
@@ -471,7 +471,7 @@ local function run_playbook(ctx, path, dry)
         rep.dry_run = true
         if ctx.flags.out then
             local ttl, terr = planfile.DEFAULT_TTL, nil
-            local ttl_text = ctx.flags.expires or os.getenv("CXONE_PLAN_TTL")
+            local ttl_text = ctx.flags.expires or require("cxone.env").get("plan_ttl")
             if ttl_text and ttl_text ~= "" then ttl, terr = planfile.parse_ttl(ttl_text) end
             if not ttl then ctx:err("%s", terr); c:close(); return 1 end
             local digest, doc = planfile.save(ctx.flags.out, rep, { playbook = path, client = c,

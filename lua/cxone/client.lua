@@ -34,26 +34,16 @@ Client.__name = "cxone.PromoteClient"
 M.Plan = planmod.Plan
 M.Report = reportmod.Report
 
--- settings read from the environment: option → variable
-local ENV = {
-    base_url = "CXONE_BASE_URL", token_url = "CXONE_TOKEN_URL",
-    client_id = "CXONE_CLIENT_ID", client_secret = "CXONE_CLIENT_SECRET",
-    access_key_id = "CXONE_ACCESS_KEY_ID", access_key_secret = "CXONE_ACCESS_KEY_SECRET",
-    audit_log = "CXONE_AUDIT_LOG", audit_key = "CXONE_AUDIT_KEY", webhook_url = "CXONE_WEBHOOK_URL",
-    webhook_secret = "CXONE_WEBHOOK_SECRET", ca_file = "CXONE_CA_FILE",
-    state_file = "CXONE_STATE_FILE",
-}
+-- settings read from the environment: option → variable (cxone.env names them all)
+local envmod = require("cxone.env")
+local ENV = {}
+for _, opt in ipairs(envmod.CLIENT) do ENV[opt] = envmod.name(opt) end
 M.ENV = ENV
 local REQUIRED = { "base_url", "client_id", "client_secret" }
 local CORE_OPTS = { "base_url", "token_url", "client_id", "client_secret", "access_key_id",
     "access_key_secret", "ca_file", "insecure_http", "debug", "retries", "timeout",
     "connect_timeout", "scope", "basic_auth", "user_agent", "deadline", "rate_limit", "max_concurrency",
     "retry_after_cap", "refresh_margin", "backoff_base", "backoff_cap" }
-local function getenv(name)
-    local v = os.getenv(name)
-    if v == "" then return nil end
-    return v
-end
 
 local new_run_id = planner.new_run_id
 M.new_run_id = new_run_id
@@ -76,8 +66,8 @@ function M.new(opts)
     opts = opts or {}
     local cfg = {}
     for k, v in pairs(opts) do cfg[k] = v end
-    for opt, var in pairs(ENV) do
-        if cfg[opt] == nil then cfg[opt] = getenv(var) end
+    for opt in pairs(ENV) do
+        if cfg[opt] == nil then cfg[opt] = envmod.get(opt) end
     end
     -- a profile (cxone.profiles): one core client per tenant, each tier routed to its own
     local tenancy

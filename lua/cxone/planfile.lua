@@ -79,8 +79,8 @@ local function hmac(key, ...) return core.hmac_sha256(key, table.concat({ ... },
 -- plan made for one tenant does not verify for another. Returns the key and where it comes from
 -- ("CXONE_PLAN_KEY" or "credentials"), or nil and a message.
 function M.key(c)
-    local k = os.getenv("CXONE_PLAN_KEY")
-    if k and k ~= "" then return k, "CXONE_PLAN_KEY" end
+    local k = require("cxone.env").get("plan_key")
+    if k then return k, "CXONE_PLAN_KEY" end
     local secret = c.cfg.client_secret or c.cfg.access_key_secret
     if type(secret) ~= "string" or secret == "" then
         return nil, "no plan key: set CXONE_PLAN_KEY or the client credentials"
@@ -355,7 +355,7 @@ function M.load(path, c)
     if type(doc.mac) ~= "string" or doc.mac ~= M.mac(doc, key) then
         return invalid("%s: plan was modified after it was written (its MAC does not verify under the %s): "
             .. "nothing written; plan again", path,
-            os.getenv("CXONE_PLAN_KEY") and "key in CXONE_PLAN_KEY" or "key of these credentials")
+            require("cxone.env").get("plan_key") and "key in CXONE_PLAN_KEY" or "key of these credentials")
     end
     if doc.base_url ~= c.cfg.base_url or doc.client_id ~= c.cfg.client_id then
         return nil, ("%s was made for %s as %s, not %s as %s"):format(path, tostring(doc.base_url),

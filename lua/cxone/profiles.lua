@@ -292,10 +292,12 @@ end
 --- The single tenant of the `CXONE_*` variables, as a profile (what runs without a file).
 function M.from_env(matrix)
     matrix = matrix or require("cxone.tiers").new()
-    local t = { base_url = getenv("CXONE_BASE_URL"), token_url = getenv("CXONE_TOKEN_URL"),
-        client_id = getenv("CXONE_CLIENT_ID"), client_secret = getenv("CXONE_CLIENT_SECRET"),
-        access_key_id = getenv("CXONE_ACCESS_KEY_ID"), access_key_secret = getenv("CXONE_ACCESS_KEY_SECRET"),
-        ca_file = getenv("CXONE_CA_FILE") }
+    local env = require("cxone.env")
+    local t = {}
+    for _, k in ipairs({ "base_url", "token_url", "client_id", "client_secret", "access_key_id",
+                         "access_key_secret", "ca_file" }) do
+        t[k] = env.get(k)
+    end
     if t.access_key_id then t.auth = "access_key" end
     local prof = { tenants = { env = t }, tiers = {}, from_env = true }
     for _, tier in ipairs(matrix.list) do prof.tiers[tier.name] = { tenant = t, tier = tier } end

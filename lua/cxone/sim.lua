@@ -18,8 +18,8 @@ end
 -- @tparam[opt] string argv0 the command's path (default arg[0])
 -- @treturn string
 function M.find(argv0)
-    local bin = os.getenv("CXONE_SIM_BIN")
-    if bin and bin ~= "" then return bin end
+    local bin = require("cxone.env").get("sim_bin")
+    if bin then return bin end
     argv0 = argv0 or (arg and arg[0])
     local here = argv0 and argv0:match("^(.*)/[^/]+$")
     local candidates = {}

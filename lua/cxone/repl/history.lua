@@ -84,7 +84,7 @@ end
 
 --- Where the history goes: CXONE_HISTORY (empty: none), else ~/.cxone_history.
 function M.history_path()
-    local v = os.getenv("CXONE_HISTORY")
+    local v = require("cxone.env").raw("history")
     if v then return v ~= "" and v or nil end
     local home = os.getenv("HOME")
     if not home or home == "" then return nil end
