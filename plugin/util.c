@@ -383,6 +383,7 @@ static int l_capture(lua_State *L)
     lua_Integer n = (lua_Integer)lua_rawlen(L, 1);
     luaL_argcheck(L, n >= 1 && n < 256, 1, "a list of 1 to 255 strings expected");
     double timeout = luaL_optnumber(L, 2, 30);
+    luaL_argcheck(L, timeout > 0 && timeout <= 3600, 2, "a timeout in (0, 3600] seconds expected");
     const char **argv = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *argv, 0);
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, 1, i);
