@@ -7,8 +7,8 @@ local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1 = D.actions[1]
 local q = simlib.shquote
-local tmpdir, read_file = simlib.tmpdir, simlib.read_file
-local cxone, sim_env = simlib.cxone, simlib.sim_env
+local read_file = simlib.read_file
+local cxone = simlib.cxone
 
 local HOSTILE = 'he said "hi" ]] ]==] \\ \n second line \r\t ")..os.exit(3)..(" \'x\' ${HOME} end'
 
@@ -39,19 +39,7 @@ end
 
 describe("cxone export", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/*")
-        env = sim_env(sim, dir)
-    end)
+    simlib.suite({ clean = "files", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
 
     it("exports the demo data set (every action, listed) and plan of it shows 0 changes", function()
         local code, out, err = cxone({ "export", "--out", dir .. "/ex.lua" }, env)

@@ -8,8 +8,8 @@ local simlib = require("support.sim")
 local D = simlib.DEMO
 local A1, A2 = D.actions[1], D.actions[2]
 local q = simlib.shquote
-local tmpdir, read_file, write_file, capture = simlib.tmpdir, simlib.read_file, simlib.write_file, simlib.capture
-local cxone, sim_env = simlib.cxone, simlib.sim_env
+local read_file, write_file, capture = simlib.read_file, simlib.write_file, simlib.capture
+local cxone = simlib.cxone
 
 local CANARY1 = "canary-revert-one-5d1e"
 local CANARY2 = "canary-revert-two-9b7c"
@@ -61,19 +61,7 @@ local function writes(sim) return sim:count("PATCH") + sim:count("PUT /api/v2/in
 
 describe("cxone revert", function()
     local sim, dir, env
-    setup(function()
-        sim = simlib.start()
-        dir = tmpdir()
-    end)
-    teardown(function()
-        sim:stop()
-        os.execute("rm -rf " .. q(dir))
-    end)
-    before_each(function()
-        assert.equals(200, (sim:post_json("/_sim/reset", {})))
-        os.execute("rm -rf " .. q(dir) .. "/*")
-        env = sim_env(sim, dir)
-    end)
+    simlib.suite({ clean = "files", env = "each" }, function(s) sim, dir, env = s.sim, s.dir, s.env end)
 
     local function apply(book_env, path)
         local code, out, err = cxone({ "apply", "--yes", "--json", path }, book_env or env)
