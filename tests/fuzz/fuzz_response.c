@@ -23,6 +23,10 @@ static const char *const SECRETS[] = {
     "M\xc3\xa4sk\xc3\xa9" "d-v\xc3\xa4lue-CANARY-\xe2\x82\xac" "99",
 };
 #define NSECRETS (sizeof SECRETS / sizeof *SECRETS)
+/* The secrets this input's call knows: the masked value only when its payload carries it
+ * (patch, put). A get, build or token call cannot scrub a value it was never given, so a
+ * server echoing one there is the server's text, not a leak. */
+static size_t g_known = NSECRETS;
 
 static void sanitized(const char *s, char *out, size_t cap)
 {
@@ -44,7 +48,7 @@ static void legit_text(lua_State *L, const uint8_t *body, size_t bl, cxone_buf *
 {
     char err[160];
     cxone_span spans[NSECRETS];
-    for (size_t i = 0; i < NSECRETS; i++) spans[i] = (cxone_span){SECRETS[i], strlen(SECRETS[i])};
+    for (size_t i = 0; i < g_known; i++) spans[i] = (cxone_span){SECRETS[i], strlen(SECRETS[i])};
     if (!cxone_json_decode(L, (const char *)body, bl, err, sizeof err)) return;
     if (lua_istable(L, -1)) {
         lua_pushnil(L);
@@ -52,7 +56,7 @@ static void legit_text(lua_State *L, const uint8_t *body, size_t bl, cxone_buf *
             if (lua_type(L, -1) == LUA_TSTRING) {
                 size_t n, start = out->len;
                 const char *v = lua_tolstring(L, -1, &n);
-                cxone_scrub_into(out, v, n, spans, NSECRETS);
+                cxone_scrub_into(out, v, n, spans, g_known);
                 for (size_t k = start; k < out->len; k++)
                     if ((unsigned char)out->p[k] < 0x20 || (unsigned char)out->p[k] >= 0x7f) out->p[k] = '?';
                 cxone_buf_addc(out, '\0');
@@ -73,7 +77,7 @@ static void check_message(lua_State *L, const char *m, size_t ml, const uint8_t 
     cxone_buf_init(&legit);
     legit_text(L, body, bl, &legit);
     const char *lt = legit.p ? legit.p : "";
-    for (size_t i = 0; i < NSECRETS; i++) {
+    for (size_t i = 0; i < g_known; i++) {
         char alt[128];
         sanitized(SECRETS[i], alt, sizeof alt);
         size_t sl = strlen(SECRETS[i]), al = strlen(alt);
@@ -204,6 +208,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         lua_pop(L, 1);
     }
     /* the call: a payload with a masked value for writes */
+    g_known = strcmp(op, "patch") == 0 || strcmp(op, "put") == 0 ? NSECRETS : NSECRETS - 1;
     lua_getfield(L, eng, "call");
     lua_pushvalue(L, eng);
     lua_pushstring(L, token_op ? "get" : op);
