@@ -15,7 +15,6 @@ local PARTS = os.getenv("BENCH_PARTS") or "floor,apply,sim" -- which sections to
 local SIZES = { 100, 500, 2000 }
 local FLOOR_N = 2000
 local FLOOR_BIN = BUILD .. "/bench/cxone-floor"
-local SCOPES = { "integration:actions:read", "integration:actions:write", "integration:actions:admin" }
 
 local function median(t)
     local s = {}
@@ -46,18 +45,8 @@ local function proc_cpu(pid)
     return (tonumber(fields[12]) + tonumber(fields[13])) / CLK_TCK
 end
 
-local function action_id(i) return ("%08x-0000-4000-8000-%012x"):format(i, i) end -- as examples/promote-many.lua
-
-local function state_doc(n)
-    local actions = {}
-    for i = 1, n do
-        actions[i] = { id = action_id(i), name = "bench-" .. i, environments = {
-            staging = { variables = { { name = "RELEASE", value = "2026.11", masked = false },
-                                      { name = "SHARD", value = tostring(i % 8), masked = false } } } } }
-    end
-    return { clients = { { client_id = D.client_id, client_secret = D.client_secret, scopes = SCOPES } },
-             actions = actions }
-end
+local action_id = simlib.many_action_id
+local function state_doc(n) return simlib.many_actions_state(n, "bench-") end
 
 local function put_state(sim, n)
     local status = sim:curl("PUT", "/_sim/state", assert(json.encode(state_doc(n))))

@@ -10,7 +10,6 @@
 -- Figures are counted by the sim (/_sim/stats kinds), not by the client.
 local simlib = require "support.sim"
 local json = require("cjson.safe").new()
-local D = simlib.DEMO
 local shq = simlib.shquote
 
 local SRC, BUILD = assert(arg[1], "SRC"), assert(arg[2], "BUILD")
@@ -21,7 +20,6 @@ local CONCURRENCY = os.getenv("BENCH_RL_CONCURRENCY") or ""
 local HEADERS = os.getenv("BENCH_RL_HEADERS") or "all"
 local RESET = os.getenv("BENCH_RL_RESET") or "delta"
 local TIMEOUT = tonumber(os.getenv("BENCH_RL_TIMEOUT") or "") or 60 -- seconds one apply may take (then: failed)
-local SCOPES = { "integration:actions:read", "integration:actions:write", "integration:actions:admin" }
 
 local function median(t)
     local s = {}
@@ -32,20 +30,9 @@ local function median(t)
     return n % 2 == 1 and s[(n + 1) / 2] or (s[n / 2] + s[n / 2 + 1]) / 2
 end
 
-local function action_id(i) return ("%08x-0000-4000-8000-%012x"):format(i, i) end -- as the playbook
-
 -- STEPS actions whose staging holds what the playbook promotes and whose production is empty, so
 -- that every step writes.
-local function state_doc()
-    local actions = {}
-    for i = 1, STEPS do
-        actions[i] = { id = action_id(i), name = "rl-bench-" .. i, environments = {
-            staging = { variables = { { name = "RELEASE", value = "2026.11", masked = false },
-                                      { name = "SHARD", value = tostring(i % 8), masked = false } } } } }
-    end
-    return { clients = { { client_id = D.client_id, client_secret = D.client_secret, scopes = SCOPES } },
-             actions = actions }
-end
+local function state_doc() return simlib.many_actions_state(STEPS, "rl-bench-") end
 local STATE = assert(json.encode(state_doc()))
 
 -- What the sim counted between two /_sim/stats answers.

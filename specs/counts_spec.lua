@@ -10,19 +10,11 @@ local shq = simlib.shquote
 
 local N = 40          -- actions in the playbook (examples/promote-many.lua, concurrency 16)
 local CONCURRENCY = 16
-local SCOPES = { "integration:actions:read", "integration:actions:write", "integration:actions:admin" }
 
-local function action_id(i) return ("%08x-0000-4000-8000-%012x"):format(i, i) end -- as promote-many
+local action_id = simlib.many_action_id
 
 local function load_actions(sim, n)
-    local actions = {}
-    for i = 1, n do
-        actions[i] = { id = action_id(i), name = "count-" .. i, environments = {
-            staging = { variables = { { name = "RELEASE", value = "2026.11", masked = false },
-                                      { name = "SHARD", value = tostring(i % 8), masked = false } } } } }
-    end
-    local doc = { clients = { { client_id = D.client_id, client_secret = D.client_secret, scopes = SCOPES } },
-                  actions = actions }
+    local doc = simlib.many_actions_state(n, "count-")
     assert.equal(200, (sim:curl("PUT", "/_sim/state", assert(json.encode(doc)))))
 end
 

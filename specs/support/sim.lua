@@ -424,4 +424,21 @@ M.DEMO = {
     },
 }
 
+-- The data set of examples/promote-many.lua: action i's id, and a sim state of n such actions
+-- whose staging holds what that playbook promotes (names prefixed with `prefix`).
+function M.many_action_id(i) return ("%08x-0000-4000-8000-%012x"):format(i, i) end
+
+function M.many_actions_state(n, prefix)
+    local actions = {}
+    for i = 1, n do
+        actions[i] = { id = M.many_action_id(i), name = prefix .. i, environments = {
+            staging = { variables = { { name = "RELEASE", value = "2026.11", masked = false },
+                                      { name = "SHARD", value = tostring(i % 8), masked = false } } } } }
+    end
+    return { clients = { { client_id = M.DEMO.client_id, client_secret = M.DEMO.client_secret,
+                           scopes = { "integration:actions:read", "integration:actions:write",
+                                      "integration:actions:admin" } } },
+             actions = actions }
+end
+
 return M
